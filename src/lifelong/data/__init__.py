@@ -1,0 +1,28 @@
+"""Dataset sources: local or downloaded IDX files (MNIST, Fashion-MNIST) and offline datasets.
+
+Every loader returns an `ArraySplits` of NumPy arrays; every missing, corrupt or undownloadable
+file raises `lifelong.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+from lifelong.data.arrays import ArraySplits
+from lifelong.data.download import cache_dir, data_dirs, download, downloads_enabled, md5sum
+from lifelong.data.embedded import load_digits_splits, load_mnist1d
+from lifelong.data.idx import read_idx, write_idx
+from lifelong.data.mnist import load_fashion_mnist, load_mnist
+
+__all__ = [
+    "ArraySplits",
+    "cache_dir",
+    "data_dirs",
+    "download",
+    "downloads_enabled",
+    "load_digits_splits",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_mnist1d",
+    "md5sum",
+    "read_idx",
+    "write_idx",
+]
