@@ -1,0 +1,118 @@
+"""The batch that flows through a training step, and helpers to iterate over a task's data."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+
+
+@dataclasses.dataclass
+class Batch:
+    """Inputs, labels and (optionally) the task id of every sample.
+
+    `stream_size` is the number of leading samples that came from the data stream; methods that
+    append memory samples (replay) keep it, so later hooks know which rows are new. `extras` holds
+    per-sample tensors a method stores alongside (e.g. DER's logits); every tensor's first
+    dimension is the batch.
+    """
+
+    x: Tensor
+    y: Tensor
+    task_ids: Tensor | None = None
+    extras: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    stream_size: int | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def num_new(self) -> int:
+        return len(self) if self.stream_size is None else self.stream_size
+
+    def to(self, device: torch.device | str) -> Batch:
+        if self.x.device == torch.device(device):
+            return self
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.x), move(self.y), move(self.task_ids),
+                     {k: move(v) for k, v in self.extras.items()}, self.stream_size)
+
+    def select(self, index: Tensor | slice) -> Batch:
+        """Rows `index` of every tensor."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Batch(pick(self.x), pick(self.y), pick(self.task_ids),
+                     {k: pick(v) for k, v in self.extras.items()})
+
+    def with_task_ids(self, task: int) -> Batch:
+        if self.task_ids is not None:
+            return self
+        ids = torch.full((len(self),), task, dtype=torch.long, device=self.x.device)
+        return dataclasses.replace(self, task_ids=ids)
+
+    @staticmethod
+    def cat(first: Batch, second: Batch) -> Batch:
+        """Rows of `first` then `second`; keeps `first`'s stream size."""
+        if (first.task_ids is None) != (second.task_ids is None):
+            raise ValueError("cannot concatenate a batch with task ids and one without")
+        task_ids = None if first.task_ids is None else torch.cat([first.task_ids, second.task_ids])
+        shared = first.extras.keys() & second.extras.keys()
+        return Batch(
+            torch.cat([first.x, second.x]),
+            torch.cat([first.y, second.y]),
+            task_ids,
+            {k: torch.cat([first.extras[k], second.extras[k]]) for k in shared},
+            first.num_new,
+        )
+
+
+BatchLike = Any  # a Batch, an (x, y) or (x, y, task_ids) tuple, or a dict with those keys
+
+
+def as_batch(item: BatchLike) -> Batch:
+    """Turn what a user's loader yields into a `Batch`."""
+    if isinstance(item, Batch):
+        return item
+    if isinstance(item, dict):
+        return Batch(item["x"], item["y"], item.get("task_ids"))
+    if isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        return Batch(*item)
+    raise ConfigError(
+        f"cannot use a {type(item).__name__} as a batch; pass a lifelong Batch, an (x, y) or "
+        "(x, y, task_ids) tuple, or a dict with keys x, y[, task_ids]"
+    )
+
+
+def iter_batches(
+    data: Batch | Iterable[BatchLike],
+    batch_size: int,
+    *,
+    device: torch.device | str | None = None,
+    limit: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[Batch]:
+    """Mini-batches of a whole-task `Batch` (sliced in order, or a random subset of `limit`
+    samples drawn with `generator`), or the batches of any iterable such as a DataLoader."""
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and isinstance(data[0], Tensor):
+        data = as_batch(data)
+    if isinstance(data, Batch):
+        if limit is not None and limit < len(data):
+            data = data.select(torch.randperm(len(data), generator=generator)[:limit].to(
+                data.x.device))
+        for start in range(0, len(data), batch_size):
+            batch = data.select(slice(start, start + batch_size))
+            yield batch if device is None else batch.to(device)
+        return
+    seen = 0
+    for item in data:
+        batch = as_batch(item)
+        if limit is not None and seen + len(batch) > limit:
+            batch = batch.select(slice(0, limit - seen))
+        seen += len(batch)
+        yield batch if device is None else batch.to(device)
+        if limit is not None and seen >= limit:
+            return

@@ -1,0 +1,161 @@
+"""Composition (`replay+ewc`) and the checks that refuse impossible runs before training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .batch import Batch, BatchLike
+from .method import Method
+from .readout import Readout
+from .registry import get_method_class
+
+
+class Composite(Method):
+    """Several methods run in order: batches pass through each `prepare_batch`, penalties add up,
+    and each member registers its own optimizer hooks (they run in the order given)."""
+
+    name = "composite"
+    description = "several methods applied in order"
+
+    def __init__(self, members: Sequence[Method]) -> None:
+        super().__init__()
+        self.members = list(members)
+        self.name = "+".join(m.name for m in self.members)  # type: ignore[misc]
+        self.needs_task_boundaries = any(m.needs_task_boundaries for m in members)  # type: ignore[misc]
+        self.needs_task_ids_at_test = any(m.needs_task_ids_at_test for m in members)  # type: ignore[misc]
+        self.stores_data = any(m.stores_data for m in members)  # type: ignore[misc]
+        self.scenarios = tuple(  # type: ignore[misc]
+            s for s in members[0].scenarios if all(s in m.scenarios for m in members))
+        self._preparers = [m for m in members if m.overrides("prepare_batch")]
+        self._penalizers = [m for m in members if m.overrides("penalty")]
+
+    def uses(self, hook: str) -> bool:
+        return any(member.uses(hook) for member in self.members)
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+               readout: Readout | None = None, *, seed: int | None = None) -> Composite:
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        for offset, member in enumerate(self.members):
+            member.attach(model, optimizer, readout, seed=seed + offset, step_hooks=False)
+        self.model, self.optimizer = model, optimizer
+        self.readout = readout or Readout.identity()
+        # Gradient changes run by stage (penalty gradients before projections and masks), then
+        # in the order the methods were given; weight changes in the order given.
+        self._transformers = sorted((m for m in self.members if m.uses("transform_grads")),
+                                    key=lambda m: m.gradient_stage)
+        self._updaters = [m for m in self.members if m.uses("after_step")]
+        if self._transformers:
+            self._handles.append(optimizer.register_step_pre_hook(self._pre_step_hook))
+        if self._updaters:
+            self._handles.append(optimizer.register_step_post_hook(self._post_step_hook))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for member in self.members:
+            member.detach()
+        self.model = self.optimizer = None
+
+    def transform_grads(self) -> None:
+        for member in self._transformers:
+            member.transform_grads()
+
+    def after_step(self) -> None:
+        for member in self._updaters:
+            member.after_step()
+
+    def before_task(self, task: int) -> None:
+        self.task = task
+        for member in self.members:
+            member.before_task(task)
+
+    def training_data(self, task: int, data: Batch) -> Batch:
+        for member in self.members:
+            data = member.training_data(task, data)
+        return data
+
+    def prepare_batch(self, batch: Batch) -> Batch:
+        for member in self._preparers:
+            batch = member.prepare_batch(batch)
+        return batch
+
+    def penalty(self, batch: Batch, output: Tensor) -> Tensor | None:
+        total = None
+        for member in self._penalizers:
+            term = member.penalty(batch, output)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
+        for member in self.members:
+            member.after_task(task, data)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {member.name: member.state_dict() for member in self.members}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for member in self.members:
+            member.load_state_dict(state[member.name])
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(m) for m in self.members)
+
+
+def parse_method_spec(spec: str) -> list[str]:
+    """`"replay+ewc"` -> `["replay", "ewc"]`, refusing empty parts and duplicates."""
+    names = [part.strip() for part in spec.split("+")]
+    if not spec.strip() or any(not name for name in names):
+        raise ConfigError(f"method '{spec}' is not valid; write one name or names joined by '+', "
+                          "e.g. replay+ewc")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"method '{spec}' names {', '.join(duplicates)} twice")
+    return names
+
+
+def build_method(spec: str, params: Mapping[str, Mapping[str, Any]] | None = None) -> Method:
+    """Build a method (or a composition) from its spec and per-method hyper-parameters.
+
+    `params` maps a method name to its config values, e.g. `{"ewc": {"lambda": 100}}`.
+    """
+    names = parse_method_spec(spec)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise ConfigError(f"settings given for {', '.join(unknown)}, which is not part of method "
+                          f"'{spec}'")
+    classes = [get_method_class(name) for name in names]
+    if len(classes) > 1:
+        for cls in classes:
+            if cls.name == "naive":
+                raise ConfigError("naive is plain fine-tuning and cannot be combined; "
+                                  f"use '{'+'.join(n for n in names if n != 'naive')}'")
+            if not cls.composable:
+                raise ConfigError(f"{cls.name} does not combine with other methods "
+                                  f"({cls.description})")
+    members = [cls(dict(params.get(cls.name, {}))) for cls in classes]
+    return members[0] if len(members) == 1 else Composite(members)
+
+
+def check_compatible(method: Method, scenario: str, *, task_boundaries: bool = True) -> None:
+    """Refuse, with the reason, a method that cannot run in this scenario."""
+    members = method.members if isinstance(method, Composite) else [method]
+    for member in members:
+        if scenario not in member.scenarios:
+            raise ConfigError(f"{member.name} does not support the {scenario}-incremental "
+                              f"scenario; it supports: {', '.join(member.scenarios)}")
+        if member.needs_task_ids_at_test and scenario != "task":
+            raise ConfigError(f"{member.name} needs the task id at test time, which only the "
+                              f"task-incremental scenario gives (use --scenario task)")
+        if member.needs_task_boundaries and not task_boundaries:
+            raise ConfigError(f"{member.name} consolidates at task boundaries, which this "
+                              "task-free stream does not announce")

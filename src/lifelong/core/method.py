@@ -1,0 +1,245 @@
+"""The method protocol: one small object with a few optional hooks.
+
+A continual-learning method intervenes in an ordinary training step at a few moments. Each hook is
+named after *when* it runs; a method overrides only those it needs:
+
+=====================  ===========================================================  ==============
+hook                   when / what                                                  example
+=====================  ===========================================================  ==============
+`before_task(t)`       a task starts                                                LwF's teacher
+`training_data(t, d)`  the task's training set is chosen                            joint
+`prepare_batch(b)`     before the forward pass: change what a batch holds           replay
+`penalty(b, out)`      after the forward pass: a term added to the loss             EWC, LwF
+`transform_grads()`    optimizer step pre-hook: change the gradient                 A-GEM
+`after_step()`         optimizer step post-hook: change the weights                 (CBP, S&P)
+`after_task(t, d)`     the task ended: consolidate with its data                    EWC's Fisher
+=====================  ===========================================================  ==============
+
+`transform_grads` and `after_step` run from `optimizer.register_step_pre_hook` /
+`register_step_post_hook`, so they fire once per real update from *any* loop that calls
+`optimizer.step()`: lifelong's trainer, a Hugging Face Trainer, or ten lines of plain PyTorch.
+
+Each method declares what it needs (`needs_task_boundaries`, `needs_task_ids_at_test`,
+`scenarios`, ...) so an impossible combination is refused before training, and keeps its state in
+`state_attrs` so that `state_dict()` / `load_state_dict()` round-trip without pickling code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .batch import Batch, BatchLike, iter_batches
+from .config import Config
+from .readout import SCENARIOS, Readout
+
+HOOKS = ("before_task", "training_data", "prepare_batch", "penalty", "transform_grads",
+         "after_step", "after_task")
+
+# When several methods change the gradient, they run in this order (then in composition order):
+OBJECTIVE = 0  # gradients of penalty terms (EWC, L2): part of the objective, added first
+TRANSFORM = 1  # projections, masks and preconditioners act on the full gradient
+
+
+@dataclasses.dataclass
+class NoConfig(Config):
+    """A method without hyper-parameters."""
+
+
+class Method:
+    """Base class of every continual-learning method; see the module docstring."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[Config]] = NoConfig
+
+    # What the method needs from the scenario; checked before training starts.
+    needs_task_boundaries: ClassVar[bool] = False  # before_task/after_task with the task's data
+    needs_task_ids_at_test: ClassVar[bool] = False  # only possible in task-incremental learning
+    scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
+    stores_data: ClassVar[bool] = False  # keeps training samples (a memory)
+    composable: ClassVar[bool] = True
+    gradient_stage: ClassVar[int] = TRANSFORM  # see OBJECTIVE / TRANSFORM above
+
+    # Attributes saved by state_dict(): tensors, numbers, lists/dicts of them, or objects with
+    # their own state_dict()/load_state_dict().
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Config | dict[str, Any] | None = None, **overrides: Any) -> None:
+        if isinstance(config, Config):
+            if overrides:
+                config = config.replace(**overrides)
+        else:
+            config = self.Config.from_dict({**(config or {}), **overrides})
+        if not isinstance(config, self.Config):
+            raise ConfigError(f"{self.name} takes a {self.Config.__name__}, "
+                              f"not a {type(config).__name__}")
+        self.config = config
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.readout: Readout = Readout.identity()
+        self.params: list[Tensor] = []
+        self.param_names: list[str] = []
+        self.generator: torch.Generator | None = None
+        self.task: int = -1  # the task being trained (-1 before the first)
+        self._handles: list[Any] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        readout: Readout | None = None,
+        *,
+        seed: int | None = None,
+        step_hooks: bool = True,
+    ) -> Method:
+        """Bind to a model (and optimizer) and register the optimizer hooks the method uses.
+
+        `step_hooks=False` leaves the optimizer alone (a `Composite` registers one hook that
+        calls its members in order).
+        """
+        if self.model is not None:
+            raise RuntimeError(f"{self.name} is already attached; call detach() first")
+        self.model = model
+        self.optimizer = optimizer
+        self.readout = readout or Readout.identity()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.param_names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        device = self.params[0].device if self.params else torch.device("cpu")
+        if seed is None:  # follow the global seed, so seeded runs stay reproducible
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        wants_optimizer_hooks = self.overrides("transform_grads") or self.overrides("after_step")
+        if wants_optimizer_hooks and optimizer is None:
+            raise ConfigError(f"{self.name} changes gradients or weights at each optimizer step "
+                              "and needs the optimizer: attach(model, optimizer)")
+        if step_hooks and self.overrides("transform_grads"):
+            self._handles.append(optimizer.register_step_pre_hook(self._pre_step_hook))
+        if step_hooks and self.overrides("after_step"):
+            self._handles.append(optimizer.register_step_post_hook(self._post_step_hook))
+        self.on_attach()
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook this method registered; the model is left as it is."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.on_detach()
+        self.model = None
+        self.optimizer = None
+
+    def on_attach(self) -> None:
+        """Extra set-up once the model is known (e.g. forward hooks: append handles)."""
+
+    def on_detach(self) -> None:
+        """Extra clean-up; handles in `self._handles` are already removed."""
+
+    def _pre_step_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.transform_grads()
+
+    def _post_step_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.after_step()
+
+    # --- hooks (all optional) ------------------------------------------------------------------
+    def before_task(self, task: int) -> None:
+        self.task = task
+
+    def training_data(self, task: int, data: Batch) -> Batch:
+        return data
+
+    def prepare_batch(self, batch: Batch) -> Batch:
+        return batch
+
+    def penalty(self, batch: Batch, output: Tensor) -> Tensor | None:
+        return None
+
+    def transform_grads(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
+        pass
+
+    @classmethod
+    def overrides(cls, hook: str) -> bool:
+        """Whether this method class implements `hook`."""
+        return getattr(cls, hook) is not getattr(Method, hook)
+
+    def uses(self, hook: str) -> bool:
+        """Whether this method object acts at `hook` (the trainer skips the others)."""
+        return self.overrides(hook)
+
+    # --- helpers for methods -------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device if self.params else torch.device("cpu")
+
+    def forward(self, batch: Batch) -> Tensor:
+        """The model's logits for `batch`, read out for each sample's task."""
+        return self.readout.select(self.model(batch.x), batch.task_ids)
+
+    def task_loss(self, batch: Batch) -> Tensor:
+        return F.cross_entropy(self.forward(batch), batch.y)
+
+    def batches(self, data: Batch | Iterable[BatchLike], batch_size: int,
+                limit: int | None = None) -> Iterator[Batch]:
+        return iter_batches(data, batch_size, device=self.device, limit=limit,
+                            generator=self.generator)
+
+    def add_penalty(self, loss: Tensor, batch: BatchLike, output: Tensor) -> Tensor:
+        """`loss` plus this method's penalty: the one line a user's own loop needs."""
+        from .batch import as_batch
+
+        term = self.penalty(as_batch(batch), output)
+        return loss if term is None else loss + term
+
+    # --- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"config": self.config.to_dict(), "task": self.task}
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        for attr in self.state_attrs:
+            value = getattr(self, attr)
+            state[attr] = value.state_dict() if hasattr(value, "state_dict") else value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state; call after `attach()` so tensors go to the model's device."""
+        self.config = self.Config.from_dict(state["config"])
+        self.task = state["task"]
+        if "generator" in state and self.generator is not None:
+            self.generator.set_state(state["generator"])
+        for attr in self.state_attrs:
+            current = getattr(self, attr, None)
+            if hasattr(current, "load_state_dict"):
+                current.load_state_dict(_to_device(state[attr], self.device))
+            else:
+                setattr(self, attr, _to_device(state[attr], self.device))
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+        return f"{type(self).__name__}({values})"
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
