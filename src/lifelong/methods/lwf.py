@@ -1,0 +1,91 @@
+"""Learning without forgetting (Li & Hoiem 2016).
+
+Before task t ≥ 1, a frozen copy of the model becomes the teacher. Training adds
+α · T² · KL(softmax(z_old/T) || softmax(z_new/T)) on the current inputs, over the units of the old
+tasks: in task-incremental learning one distillation per old head (averaged over heads); in
+domain- and class-incremental learning one over all the old tasks' units together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.batch import Batch
+from ..core.config import Config, option
+from ..core.copy import frozen_copy
+from ..core.method import Method
+from ..core.registry import register_method
+from ..functional import distillation_loss
+
+
+@dataclasses.dataclass
+class LwFConfig(Config):
+    alpha: float = option(1.0, "weight α of the distillation loss", low=0)
+    temperature: float = option(2.0, "softmax temperature T", low=0, low_open=True)
+
+
+@register_method
+class LwF(Method):
+    name = "lwf"
+    description = "learning without forgetting: distil the previous model's outputs"
+    Config = LwFConfig
+    needs_task_boundaries = True
+
+    def __init__(self, config: LwFConfig | dict | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.teacher: torch.nn.Module | None = None
+        self._heads: Tensor | None = None  # task-incremental: [old tasks, width] unit table
+        self._units: Tensor | None = None  # otherwise: the old tasks' units
+
+    def before_task(self, task: int) -> None:
+        super().before_task(task)
+        if task == 0:
+            return
+        self.teacher = frozen_copy(self.model)
+        self._select_old_units(task)
+
+    def _select_old_units(self, task: int) -> None:
+        old_tasks = list(range(task))
+        if self.readout.kind == "task":
+            self._heads = self.readout.unit_table[:task]
+            self._units = None
+        else:
+            self._heads = None
+            units = self.readout.units(old_tasks)
+            self._units = None if self.readout.kind in ("none", "domain") else torch.tensor(
+                units, device=self.device)
+
+    def penalty(self, batch: Batch, output: Tensor) -> Tensor | None:
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            target = self.teacher(batch.x)
+        if self._heads is not None:
+            # [batch, old heads, width]: each old head's logits; padding units become -inf.
+            index = self._heads.clamp(min=0).expand(len(batch), -1, -1)
+            pad = (self._heads < 0).expand_as(index)
+            student = output.unsqueeze(1).expand(-1, index.shape[1], -1).gather(2, index)
+            teacher = target.unsqueeze(1).expand(-1, index.shape[1], -1).gather(2, index)
+            student = student.masked_fill(pad, float("-inf"))
+            teacher = teacher.masked_fill(pad, float("-inf"))
+        elif self._units is not None:
+            student, teacher = output[:, self._units], target[:, self._units]
+        else:
+            student, teacher = output, target
+        return self.config.alpha * distillation_loss(student, teacher, self.config.temperature)
+
+    def state_dict(self) -> dict[str, Any]:
+        teacher = None if self.teacher is None else self.teacher.state_dict()
+        return {**super().state_dict(), "teacher": teacher}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.teacher = None
+        if state["teacher"] is not None:
+            self.teacher = frozen_copy(self.model)
+            self.teacher.load_state_dict(state["teacher"])
+            self._select_old_units(self.task)
