@@ -1,0 +1,140 @@
+"""Named benchmarks: a dataset, how it becomes tasks, and the protocol's training defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+from ..core.config import Config, option
+from ..core.registry import unknown_name
+from ..errors import ConfigError
+from .builders import permuted_inputs, split_by_classes
+from .task import Scenario
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """Training defaults of a benchmark (what its reference paper used, or what fits a CPU)."""
+
+    hidden: tuple[int, ...]
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"
+    epochs: int | None = None
+    iterations: int | None = None
+    method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class SplitOptions(Config):
+    _owner = "benchmark"
+    classes_per_task: int = option(2, "classes in each task", low=1)
+    class_order: str = option("sorted", "sorted, random (drawn with class_order_seed) or a "
+                              "comma-separated list of classes")
+    class_order_seed: int = option(0, "seed of a random class order", low=0)
+
+
+@dataclasses.dataclass
+class PermutedOptions(Config):
+    _owner = "benchmark"
+    num_tasks: int = option(10, "number of permutations (tasks)", low=1)
+    permutation_seed: int = option(0, "seed of the permutations", low=0)
+    permute_first: bool = option(False, "permute the first task too")
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    name: str
+    description: str
+    options: type[Config]
+    default_scenario: Literal["task", "domain", "class"]
+    protocol: Protocol
+    load: Callable[[str | None], Any]  # data_dir -> ArraySplits
+    kind: Literal["split", "permuted"]
+    needs_files: bool = False
+
+    def build(self, scenario: str, *, data_dir: str | None = None, head: str = "multi",
+              mask_unseen: bool = True, options: dict[str, Any] | None = None) -> Scenario:
+        opts = self.options.from_dict(options or {})
+        data = self.load(data_dir)
+        arrays = (data.x_train, data.y_train, data.x_test, data.y_test)
+        if self.kind == "split":
+            order: Any = opts.class_order
+            if order not in ("sorted", "random"):
+                try:
+                    order = [int(c) for c in str(order).split(",")]
+                except ValueError:
+                    raise ConfigError(f"benchmark.class_order: '{order}' is not sorted, random "
+                                      "or a comma-separated list of classes") from None
+            return split_by_classes(*arrays, classes_per_task=opts.classes_per_task,
+                                    scenario=scenario, head=head, class_order=order,
+                                    seed=opts.class_order_seed, mask_unseen=mask_unseen,
+                                    name=self.name)
+        return permuted_inputs(*arrays, num_tasks=opts.num_tasks, scenario=scenario, head=head,
+                               seed=opts.permutation_seed, permute_first=opts.permute_first,
+                               mask_unseen=mask_unseen, name=self.name)
+
+
+def _digits(data_dir: str | None) -> Any:
+    from ..data import load_digits_splits
+
+    return load_digits_splits()
+
+
+def _mnist1d(data_dir: str | None) -> Any:
+    from ..data import load_mnist1d
+
+    return load_mnist1d()
+
+
+def _mnist(data_dir: str | None) -> Any:
+    from ..data import load_mnist
+
+    return load_mnist(data_dir)
+
+
+# Van de Ven et al. (2022): MLP 400-400, Adam 1e-3, 2000 iterations of 128 per task (Split MNIST);
+# 1000-1000, Adam 1e-4, 5000 iterations of 256 per task (Permuted MNIST).
+_VAN_DE_VEN_SPLIT = Protocol(hidden=(400, 400), batch_size=128, lr=1e-3, iterations=2000,
+                             method_params={"replay": {"buffer": "class-balanced",
+                                                       "memory_per_class": 100},
+                                            "agem": {"memory_per_class": 100}})
+_VAN_DE_VEN_PERMUTED = Protocol(hidden=(1000, 1000), batch_size=256, lr=1e-4, iterations=5000)
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in [
+        Benchmark("split-digits", "scikit-learn's 8x8 digits in 5 tasks of 2 classes (embedded, "
+                  "seconds on a CPU)", SplitOptions, "task",
+                  Protocol(hidden=(100, 100), batch_size=32, lr=1e-3, epochs=10,
+                           method_params={"replay": {"memory_size": 200},
+                                          "agem": {"memory_size": 200}}),
+                  _digits, "split"),
+        Benchmark("split-mnist1d", "MNIST-1D (generated offline) in 5 tasks of 2 classes",
+                  SplitOptions, "task",
+                  Protocol(hidden=(100, 100), batch_size=32, lr=1e-3, epochs=20,
+                           method_params={"replay": {"memory_size": 500},
+                                          "agem": {"memory_size": 500}}),
+                  _mnist1d, "split"),
+        Benchmark("permuted-mnist1d", "MNIST-1D with a fixed feature permutation per task",
+                  PermutedOptions, "domain",
+                  Protocol(hidden=(100, 100), batch_size=32, lr=1e-3, epochs=20),
+                  _mnist1d, "permuted"),
+        Benchmark("split-mnist", "MNIST in 5 tasks of 2 digits (van de Ven et al. 2022 protocol)",
+                  SplitOptions, "task", _VAN_DE_VEN_SPLIT, _mnist, "split", needs_files=True),
+        Benchmark("permuted-mnist", "MNIST with a fixed pixel permutation per task "
+                  "(van de Ven et al. 2022 protocol)", PermutedOptions, "domain",
+                  _VAN_DE_VEN_PERMUTED, _mnist, "permuted", needs_files=True),
+    ]
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise ConfigError(unknown_name("benchmark", name, BENCHMARKS))
+    return BENCHMARKS[name]
+
+
+def list_benchmarks() -> dict[str, str]:
+    return {name: BENCHMARKS[name].description for name in sorted(BENCHMARKS)}

@@ -1,0 +1,249 @@
+"""Task sequences from any in-memory dataset (tensors or NumPy arrays).
+
+- `split_by_classes`: each task holds a few classes (Split MNIST);
+- `permuted_inputs`: each task permutes the input features with its own fixed permutation;
+- `permuted_labels`: each task permutes the labels.
+
+Each comes in task-, domain- or class-incremental form (van de Ven et al. 2022); the scenario's
+`Readout` says which output units each task's labels index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..core.batch import Batch
+from ..core.readout import SCENARIOS, Readout
+from ..errors import ConfigError
+from .task import Scenario, Task
+
+Head = Literal["multi", "shared"]
+
+
+def as_tensor(array: Any, name: str, *, labels: bool = False) -> Tensor:
+    """A float32 (inputs) or int64 (labels) tensor from a NumPy array or tensor."""
+    if isinstance(array, np.ndarray):
+        array = torch.from_numpy(np.ascontiguousarray(array))
+    if not isinstance(array, Tensor):
+        raise ConfigError(f"{name} must be a NumPy array or a torch tensor, "
+                          f"not {type(array).__name__}")
+    if labels:
+        if array.dtype.is_floating_point and not bool((array == array.round()).all()):
+            raise ConfigError(f"{name} must hold integer class labels")
+        if array.dim() != 1:
+            raise ConfigError(f"{name} must be one label per sample (1-D), got shape "
+                              f"{tuple(array.shape)}")
+        return array.long()
+    if array.dtype == torch.uint8:
+        return array.float().div_(255)
+    return array.float()
+
+
+def _check(scenario: str, head: str) -> None:
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"unknown scenario '{scenario}'; accepted: {', '.join(SCENARIOS)}")
+    if head not in ("multi", "shared"):
+        raise ConfigError(f"unknown head '{head}'; accepted: multi, shared")
+
+
+def _inputs(x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> tuple[Tensor, ...]:
+    tensors = (as_tensor(x_train, "x_train"), as_tensor(y_train, "y_train", labels=True),
+               as_tensor(x_test, "x_test"), as_tensor(y_test, "y_test", labels=True))
+    for split, (x, y) in (("train", tensors[:2]), ("test", tensors[2:])):
+        if len(x) != len(y):
+            raise ConfigError(f"x_{split} has {len(x)} samples but y_{split} has {len(y)}")
+        if len(x) == 0:
+            raise ConfigError(f"x_{split} is empty")
+    return tensors
+
+
+def _batch_maker(x: Tensor, y: Tensor, task_id: int, index: Tensor | None = None,
+                 permutation: Tensor | None = None):
+    """A closure that builds the task's Batch when called (so big tasks exist one at a time)."""
+
+    def make() -> Batch:
+        inputs = x if index is None else x[index]
+        if permutation is not None:
+            flat = inputs.reshape(len(inputs), -1)[:, permutation]
+            inputs = flat.reshape(inputs.shape)
+        labels = y if index is None else y[index]
+        return Batch(inputs, labels, torch.full((len(labels),), task_id, dtype=torch.long))
+
+    return make
+
+
+def split_by_classes(
+    x_train: Any, y_train: Any, x_test: Any, y_test: Any, *,
+    classes_per_task: int | None = 2,
+    task_classes: Sequence[Sequence[int]] | None = None,
+    scenario: str = "task",
+    head: Head = "multi",
+    class_order: Sequence[int] | Literal["sorted", "random"] = "sorted",
+    seed: int = 0,
+    mask_unseen: bool = True,
+    name: str = "split",
+    class_names: Sequence[str] | None = None,
+) -> Scenario:
+    """Split a labelled dataset into tasks of disjoint classes.
+
+    Tasks take `classes_per_task` classes in `class_order` ("sorted", "random" with `seed`, or an
+    explicit list), or exactly the groups in `task_classes`. Labels: task-incremental, each task's
+    classes in order (0..k-1) with its own head (`head="multi"`) or the shared class units
+    masked to the task (`head="shared"`); domain-incremental, 0..k-1 through one shared head;
+    class-incremental, one unit per class in class order (classes of later tasks masked until
+    seen when `mask_unseen`).
+    """
+    _check(scenario, head)
+    xtr, ytr, xte, yte = _inputs(x_train, y_train, x_test, y_test)
+    present = sorted(set(ytr.unique().tolist()))
+    if task_classes is None:
+        if isinstance(class_order, str):
+            if class_order == "sorted":
+                order = present
+            elif class_order == "random":
+                rng = np.random.default_rng(seed)
+                order = [present[i] for i in rng.permutation(len(present))]
+            else:
+                raise ConfigError(f"class_order '{class_order}' is not accepted; use sorted, "
+                                  "random or a list of classes")
+        else:
+            order = [int(c) for c in class_order]
+        if not classes_per_task or classes_per_task < 1:
+            raise ConfigError("classes_per_task must be a positive integer")
+        if len(order) % classes_per_task:
+            raise ConfigError(f"{len(order)} classes do not split into tasks of "
+                              f"{classes_per_task}; pass task_classes to group them yourself")
+        task_classes = [order[i:i + classes_per_task]
+                        for i in range(0, len(order), classes_per_task)]
+    groups = [[int(c) for c in group] for group in task_classes]
+    flat = [c for group in groups for c in group]
+    if len(set(flat)) != len(flat):
+        raise ConfigError("a class appears in more than one task; split tasks must be disjoint")
+    missing = sorted(set(flat) - set(present))
+    if missing:
+        raise ConfigError(f"classes {missing} have no training samples; present: {present}")
+    unit_of_class = {c: i for i, c in enumerate(flat)}  # class-IL unit = position in class order
+
+    if scenario == "task":
+        if head == "multi":
+            offsets = np.cumsum([0] + [len(g) for g in groups])
+            units = [list(range(offsets[t], offsets[t] + len(g))) for t, g in enumerate(groups)]
+        else:
+            units = [[unit_of_class[c] for c in g] for g in groups]
+        readout = Readout("task", len(flat), units)
+    elif scenario == "domain":
+        width = max(len(g) for g in groups)
+        readout = Readout("domain", width, [list(range(len(g))) for g in groups])
+    else:
+        readout = Readout("class", len(flat), [[unit_of_class[c] for c in g] for g in groups],
+                          mask_unseen=mask_unseen)
+
+    tasks = []
+    for t, group in enumerate(groups):
+        label_of = {c: (unit_of_class[c] if scenario == "class" else i)
+                    for i, c in enumerate(group)}
+        lookup = torch.full((max(present + flat) + 1,), -1, dtype=torch.long)
+        for c, label in label_of.items():
+            lookup[c] = label
+        train_index = torch.isin(ytr, torch.tensor(group)).nonzero().squeeze(1)
+        test_index = torch.isin(yte, torch.tensor(group)).nonzero().squeeze(1)
+        if len(test_index) == 0:
+            raise ConfigError(f"task {t} (classes {group}) has no test samples")
+        tasks.append(Task(
+            t, f"classes {','.join(map(str, group))}", tuple(group),
+            _batch_maker(xtr, lookup[ytr.clamp(max=len(lookup) - 1)], t, train_index),
+            _batch_maker(xte, lookup[yte.clamp(max=len(lookup) - 1)], t, test_index),
+        ))
+    return Scenario(name, scenario, tasks, readout, tuple(xtr.shape[1:]),
+                    list(class_names) if class_names is not None else None)
+
+
+def _repeated_tasks(name: str, scenario: str, head: str, num_tasks: int, num_classes: int,
+                    mask_unseen: bool) -> Readout:
+    """The readout of a scenario whose every task uses all `num_classes` classes."""
+    _check(scenario, head)
+    if num_tasks < 1:
+        raise ConfigError(f"{name}: num_tasks must be at least 1, got {num_tasks}")
+    if scenario == "task" and head == "multi":
+        units = [list(range(t * num_classes, (t + 1) * num_classes)) for t in range(num_tasks)]
+        return Readout("task", num_tasks * num_classes, units)
+    if scenario == "task":  # one shared head: every task reads the same units
+        return Readout("task", num_classes, [list(range(num_classes))] * num_tasks)
+    if scenario == "domain":
+        return Readout("domain", num_classes, [list(range(num_classes))] * num_tasks)
+    units = [list(range(t * num_classes, (t + 1) * num_classes)) for t in range(num_tasks)]
+    return Readout("class", num_tasks * num_classes, units, mask_unseen=mask_unseen)
+
+
+def _label_offset(scenario: str, task: int, num_classes: int) -> int:
+    """Class-incremental tasks that reuse labels get their own units: label + t·C."""
+    return task * num_classes if scenario == "class" else 0
+
+
+def permuted_inputs(
+    x_train: Any, y_train: Any, x_test: Any, y_test: Any, *,
+    num_tasks: int = 10,
+    scenario: str = "domain",
+    head: Head = "multi",
+    seed: int = 0,
+    permute_first: bool = False,
+    mask_unseen: bool = True,
+    name: str = "permuted",
+) -> Scenario:
+    """Each task is the whole dataset with the input features shuffled by a fixed permutation.
+
+    The first task keeps the original order unless `permute_first`. In class-incremental form,
+    task t's label c is unit t·C + c (van de Ven et al. 2022).
+    """
+    xtr, ytr, xte, yte = _inputs(x_train, y_train, x_test, y_test)
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    readout = _repeated_tasks(name, scenario, head, num_tasks, num_classes, mask_unseen)
+    generator = torch.Generator().manual_seed(seed)
+    features = xtr[0].numel()
+    tasks = []
+    for t in range(num_tasks):
+        permutation = torch.randperm(features, generator=generator)
+        if t == 0 and not permute_first:
+            permutation = None
+        offset = _label_offset(scenario, t, num_classes)
+        tasks.append(Task(
+            t, f"permutation {t}", tuple(range(num_classes)),
+            _batch_maker(xtr, ytr + offset, t, permutation=permutation),
+            _batch_maker(xte, yte + offset, t, permutation=permutation),
+            cache=False,  # num_tasks copies of the training set would not fit for big datasets
+        ))
+    return Scenario(name, scenario, tasks, readout, tuple(xtr.shape[1:]))
+
+
+def permuted_labels(
+    x_train: Any, y_train: Any, x_test: Any, y_test: Any, *,
+    num_tasks: int = 10,
+    scenario: str = "domain",
+    head: Head = "multi",
+    seed: int = 0,
+    permute_first: bool = True,
+    mask_unseen: bool = True,
+    name: str = "label-permuted",
+) -> Scenario:
+    """Each task relabels the whole dataset with its own permutation of the classes."""
+    xtr, ytr, xte, yte = _inputs(x_train, y_train, x_test, y_test)
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    readout = _repeated_tasks(name, scenario, head, num_tasks, num_classes, mask_unseen)
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for t in range(num_tasks):
+        mapping = torch.randperm(num_classes, generator=generator)
+        if t == 0 and not permute_first:
+            mapping = torch.arange(num_classes)
+        offset = _label_offset(scenario, t, num_classes)
+        tasks.append(Task(
+            t, f"labels {t}", tuple(range(num_classes)),
+            _batch_maker(xtr, mapping[ytr] + offset, t),
+            _batch_maker(xte, mapping[yte] + offset, t),
+        ))
+    return Scenario(name, scenario, tasks, readout, tuple(xtr.shape[1:]))

@@ -1,0 +1,28 @@
+"""Evaluation of a model on a task's test set."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.batch import Batch
+from ..core.readout import Readout
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, readout: Readout, data: Batch,
+             batch_size: int = 1000) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` on `data`, read out per sample's task."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=data.x.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=data.x.device)
+    for start in range(0, len(data), batch_size):
+        batch = data.select(slice(start, start + batch_size))
+        logits = readout.select(model(batch.x), batch.task_ids)
+        correct += (logits.argmax(1) == batch.y).sum()
+        loss_sum += F.cross_entropy(logits, batch.y, reduction="sum").double()
+    model.train(was_training)
+    count = max(len(data), 1)
+    return correct.item() / count, loss_sum.item() / count

@@ -1,0 +1,97 @@
+"""The training loop, written once: mini-batches sliced from tensors already on the device.
+
+    batch  = method.prepare_batch(batch)                       # replay: add memory samples
+    output = model(batch.x)                                    # all output units
+    loss   = CE(readout(output, task ids), y) + method.penalty(batch, output)
+    loss.backward(); optimizer.step()                          # step hooks: method.transform_grads
+                                                               # before, method.after_step after
+Hooks a method does not implement are not called at all, so `naive` runs the plain loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.batch import Batch
+from ..core.method import Method
+from ..core.readout import Readout
+from .progress import Progress
+
+
+@dataclasses.dataclass
+class TaskTrainingStats:
+    steps: int
+    seconds: float
+    epoch_losses: list[float]  # mean training loss of each epoch (or each pass over the data)
+
+
+def train_task(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: Method,
+    readout: Readout,
+    data: Batch,
+    *,
+    batch_size: int,
+    epochs: int | None = None,
+    iterations: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> TaskTrainingStats:
+    """Train on one task's data for `epochs` passes or `iterations` mini-batches.
+
+    Each pass visits the samples in a new random order drawn from `generator` (on the CPU, so a
+    seed gives the same order on any device).
+    """
+    if (epochs is None) == (iterations is None):
+        raise ValueError("give exactly one of epochs and iterations")
+    size = len(data)
+    steps_per_pass = math.ceil(size / batch_size)
+    total_steps = iterations if iterations is not None else epochs * steps_per_pass
+    prepare = method.prepare_batch if method.uses("prepare_batch") else None
+    penalty = method.penalty if method.uses("penalty") else None
+    x, y, task_ids = data.x, data.y, data.task_ids
+    device = x.device
+
+    model.train()
+    started = time.perf_counter()
+    epoch_losses: list[float] = []
+    loss_sum = torch.zeros((), device=device)
+    order = torch.empty(0, dtype=torch.long)
+    position, epoch, steps_in_epoch = size, 0, 0
+    for step in range(total_steps):
+        if position >= size:  # a new pass over the data
+            if steps_in_epoch:
+                epoch_losses.append(float(loss_sum) / steps_in_epoch)
+                loss_sum.zero_()
+            order = torch.randperm(size, generator=generator).to(device)
+            position, epoch, steps_in_epoch = 0, epoch + 1, 0
+        index = order[position:position + batch_size]
+        position += batch_size
+        batch = Batch(x[index], y[index], None if task_ids is None else task_ids[index])
+        if prepare is not None:
+            batch = prepare(batch)
+        output = model(batch.x)
+        loss = F.cross_entropy(readout.select(output, batch.task_ids), batch.y)
+        if penalty is not None:
+            term = penalty(batch, output)
+            if term is not None:
+                loss = loss + term
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        steps_in_epoch += 1
+        if progress is not None:
+            progress.update(step + 1, epoch, epochs, loss_sum, steps_in_epoch)
+    if steps_in_epoch:
+        epoch_losses.append(float(loss_sum) / steps_in_epoch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return TaskTrainingStats(total_steps, time.perf_counter() - started, epoch_losses)
