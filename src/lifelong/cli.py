@@ -1,0 +1,287 @@
+"""The `lifelong` command: list, run, compare, demo.
+
+Every user error (unknown name, value out of range, missing data file, bad combination) prints one
+line `error: ...` naming the problem and what is accepted, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from .errors import ConfigError, LifelongError
+
+RUN_FLAGS = ("benchmark", "scenario", "seed", "epochs", "iterations", "batch_size", "lr",
+             "optimizer", "momentum", "weight_decay", "model", "hidden", "dropout", "head",
+             "eval_batch_size", "device", "data_dir")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, status 2, no usage dump
+        raise ConfigError(f"{message} (see: {self.prog} --help)")
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training (defaults: the benchmark's protocol)")
+    group.add_argument("--benchmark", "-b", help="benchmark name (lifelong list)")
+    group.add_argument("--scenario", help="task, domain or class (incremental)")
+    group.add_argument("--epochs", type=int, help="passes over each task's data")
+    group.add_argument("--iterations", type=int, help="mini-batches per task instead of epochs")
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--lr", type=float, help="learning rate")
+    group.add_argument("--optimizer", help="sgd or adam")
+    group.add_argument("--momentum", type=float, help="SGD momentum")
+    group.add_argument("--weight-decay", type=float)
+    group.add_argument("--model", help="model architecture (mlp)")
+    group.add_argument("--hidden", help="hidden layer widths, e.g. 400,400")
+    group.add_argument("--dropout", type=float)
+    group.add_argument("--head", help="task-incremental output: multi (default) or shared")
+    group.add_argument("--eval-batch-size", type=int)
+    group.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    group.add_argument("--data-dir", help="dataset folder (default: $LIFELONG_DATA, then cache)")
+    group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                       help="a method or benchmark setting: ewc.lambda=100, "
+                            "benchmark.num_tasks=5 (repeatable)")
+    group.add_argument("--config", help="a YAML file of run settings (e.g. a run's config.yaml); "
+                                        "flags override it")
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lifelong", description="Continual learning for PyTorch.")
+    from ._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"lifelong {__version__}")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    listing = commands.add_parser("list", help="methods, benchmarks and models")
+    listing.add_argument("--verbose", "-v", action="store_true",
+                         help="also every method's hyper-parameters")
+
+    run = commands.add_parser("run", help="train and evaluate one method on one benchmark")
+    run.add_argument("--method", "-m", help="method, or methods joined by '+' (replay+ewc)")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--out", help="output folder (default: runs/BENCHMARK-SCENARIO-METHOD-sSEED)")
+    _add_training_flags(run)
+
+    compare = commands.add_parser("compare", help="a grid of methods x seeds, mean ± std")
+    compare.add_argument("--methods", required=True, help="comma-separated, e.g. naive,ewc,replay")
+    compare.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    compare.add_argument("--jobs", "-j", type=int, default=1, help="parallel processes")
+    compare.add_argument("--out", required=True, help="output folder")
+    _add_training_flags(compare)
+
+    demo = commands.add_parser("demo", help="naive, ewc, lwf, replay and agem on split-digits")
+    demo.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    demo.add_argument("--jobs", "-j", type=int, default=None, help="parallel processes "
+                      "(default: the number of CPU cores)")
+    demo.add_argument("--out", default="runs/demo", help="output folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"list": _cmd_list, "run": _cmd_run, "compare": _cmd_compare,
+                   "demo": _cmd_demo}[args.command]
+        return handler(args) or 0
+    except LifelongError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# --- settings ------------------------------------------------------------------------------------
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got '{text}'") from None
+    if not values:
+        raise ConfigError(f"{flag} is empty")
+    return values
+
+
+def base_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Run settings from --config, then the flags given on the command line."""
+    settings: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"--config file '{path}' does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--config file '{path}' is not valid YAML: "
+                              f"{str(error).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config file '{path}' must hold a mapping of settings")
+        loaded.pop("lifelong_version", None)
+        settings.update(loaded)
+    for name in RUN_FLAGS + ("method",):
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    return settings
+
+
+def route_settings(pairs: Sequence[str], method_spec: str,
+                   settings: dict[str, Any]) -> dict[str, Any]:
+    """Apply `--set key=value` pairs to the method and benchmark settings of one run.
+
+    `ewc.lambda=100` sets a method's key; `benchmark.num_tasks=5` a benchmark's; a bare key
+    (`lambda=100`) goes to the one method in the run that has it. Keys of methods that are not
+    part of this run are ignored (so `compare` can set ewc.lambda for the ewc runs only).
+    """
+    from .core.compose import parse_method_spec
+    from .core.registry import get_method_class
+    from .scenarios import get_benchmark
+
+    names = parse_method_spec(method_spec)
+    method_params = {k: dict(v) for k, v in settings.get("method_params", {}).items()}
+    benchmark_params = dict(settings.get("benchmark_params", {}))
+    benchmark = get_benchmark(settings.get("benchmark", "split-digits"))
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE, got '{pair}'")
+        owner, dot, field = key.rpartition(".")
+        if owner == "benchmark":
+            benchmark_params[field] = value
+            continue
+        if dot:
+            get_method_class(owner)  # unknown method name -> clear error
+            if owner in names:
+                _check_key(owner, field)
+                method_params.setdefault(owner, {})[field] = value
+            continue
+        holders = [n for n in names if field in get_method_class(n).Config.keys()]
+        if len(holders) == 1:
+            method_params.setdefault(holders[0], {})[field] = value
+        elif len(holders) > 1:
+            raise ConfigError(f"--set {field}: several methods have it ({', '.join(holders)}); "
+                              f"write e.g. {holders[0]}.{field}={value}")
+        elif field in benchmark.options.keys():
+            benchmark_params[field] = value
+        else:
+            accepted = [f"{n}.{k}" for n in names for k in get_method_class(n).Config.keys()]
+            accepted += [f"benchmark.{k}" for k in benchmark.options.keys()]
+            raise ConfigError(f"--set {field}: no such setting for method '{method_spec}' or "
+                              f"benchmark {benchmark.name}; accepted: {', '.join(accepted)}")
+    return {**settings, "method_params": method_params, "benchmark_params": benchmark_params}
+
+
+def _check_key(method: str, key: str) -> None:
+    from .core.registry import get_method_class
+
+    keys = get_method_class(method).Config.keys()
+    if key not in keys:
+        raise ConfigError(f"unknown key '{key}' for {method}; accepted keys: "
+                          f"{', '.join(keys) or '(none)'}")
+
+
+def _run_config(settings: dict[str, Any]):
+    from .experiment import RunConfig
+
+    return RunConfig.from_dict(settings)
+
+
+# --- commands ------------------------------------------------------------------------------------
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .core.registry import get_method_class, list_methods
+    from .models import MODELS
+    from .scenarios import BENCHMARKS
+
+    console = _console()
+    methods = Table(title="methods (combine with '+', e.g. replay+ewc)")
+    methods.add_column("method", style="bold")
+    methods.add_column("description")
+    for name, description in list_methods().items():
+        methods.add_row(name, description)
+    console.print(methods)
+    benchmarks = Table(title="benchmarks")
+    benchmarks.add_column("benchmark", style="bold")
+    benchmarks.add_column("description")
+    benchmarks.add_column("default scenario")
+    for name in sorted(BENCHMARKS):
+        spec = BENCHMARKS[name]
+        benchmarks.add_row(name, spec.description, spec.default_scenario)
+    console.print(benchmarks)
+    console.print("models: " + "; ".join(f"[bold]{k}[/]: {v}" for k, v in MODELS.items()))
+    if args.verbose:
+        for name in list_methods():
+            rows = get_method_class(name).Config.describe()
+            if not rows:
+                continue
+            table = Table(title=f"{name} settings (--set {name}.KEY=VALUE)")
+            for column in ("key", "type", "default", "help"):
+                table.add_column(column)
+            for key, type_name, default, help_text in rows:
+                table.add_row(key, type_name, repr(default), help_text)
+            console.print(table)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .experiment import prepare, run_experiment
+    from .report.tables import accuracy_matrix_table, metrics_table
+
+    settings = base_settings(args)
+    settings = route_settings(args.settings, settings.get("method", "naive"), settings)
+    config = _run_config(settings)
+    resolved, _ = prepare(config)
+    out = args.out or (f"runs/{resolved.benchmark}-{resolved.scenario}-"
+                       f"{resolved.method}-s{resolved.seed}")
+    console = _console()
+    console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
+                  f"({resolved.scenario}-incremental), seed {resolved.seed} -> {out}")
+    result = run_experiment(config, out, progress=not args.quiet)
+    console.print(accuracy_matrix_table(result.accuracy_matrix, result.baseline_accuracy))
+    console.print(metrics_table(result.summary()))
+    console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import run_grid
+    from .report.tables import comparison_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("--methods is empty; give e.g. naive,ewc,replay")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    seeds = _int_list(args.seeds, "--seeds")
+    settings = base_settings(args)
+    comparison = run_grid(settings, methods, seeds, args.settings, Path(args.out),
+                          jobs=args.jobs, progress=not args.quiet)
+    _console().print(comparison_table(comparison))
+    print(f"wrote {args.out}/comparison.json and one folder per run")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .compare import run_demo
+
+    run_demo(Path(args.out), _int_list(args.seeds, "--seeds"), jobs=args.jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

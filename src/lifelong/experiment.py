@@ -1,0 +1,281 @@
+"""One experiment end to end: benchmark → scenario → model + method → train and evaluate → metrics.
+
+`run_experiment(RunConfig(...))` is what `lifelong run` calls. Everything that can be wrong with
+the configuration (names, values, combinations, missing data files) is checked before the first
+training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .core.compose import Composite, build_method, check_compatible, parse_method_spec
+from .core.config import Config, option
+from .core.method import Method
+from .errors import ConfigError
+from .metrics import summarize
+from .models import build_model
+from .rundir import RunDir
+from .scenarios import Scenario, get_benchmark
+from .training.evaluate import evaluate
+from .training.loop import train_task
+from .training.progress import Progress
+
+
+@dataclasses.dataclass
+class RunConfig(Config):
+    """Everything that defines a run; `None` means the benchmark's protocol default."""
+
+    _owner = "run"
+    benchmark: str = option("split-digits", "benchmark name (lifelong list)")
+    scenario: Literal["task", "domain", "class"] | None = option(
+        None, "task-, domain- or class-incremental (default: the benchmark's)")
+    method: str = option("naive", "method, or methods joined by '+' (replay+ewc)")
+    seed: int = option(0, "random seed of model, data order and methods", low=0)
+    epochs: int | None = option(None, "passes over each task's data", low=1)
+    iterations: int | None = option(None, "mini-batches per task (instead of epochs)", low=1)
+    batch_size: int | None = option(None, "mini-batch size", low=1)
+    lr: float | None = option(None, "learning rate", low=0, low_open=True)
+    optimizer: Literal["sgd", "adam"] | None = option(None, "optimizer")
+    momentum: float = option(0.0, "SGD momentum", low=0, high=1)
+    weight_decay: float = option(0.0, "the optimizer's weight decay", low=0)
+    model: str = option("mlp", "model architecture")
+    hidden: tuple[int, ...] | None = option(None, "hidden layer widths, e.g. 400,400", low=1)
+    dropout: float = option(0.0, "dropout after each hidden layer", low=0, high=1)
+    head: Literal["multi", "shared"] = option(
+        "multi", "task-incremental output: one head per task, or one shared head masked per task")
+    mask_unseen: bool = option(
+        True, "class-incremental: mask classes not seen yet (van de Ven et al. 2022)")
+    eval_batch_size: int = option(1000, "batch size for evaluation", low=1)
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    data_dir: str | None = option(None, "folder with dataset files (default: $LIFELONG_DATA, "
+                                  "then the download cache)")
+    method_params: dict = option({}, "per-method settings, e.g. {ewc: {lambda: 100}}")
+    benchmark_params: dict = option({}, "benchmark settings, e.g. {num_tasks: 5}")
+
+    def validate(self) -> None:
+        if self.epochs is not None and self.iterations is not None:
+            raise ConfigError("give --epochs or --iterations, not both")
+
+    def resolved(self) -> RunConfig:
+        """A copy with every default filled in from the benchmark's protocol."""
+        benchmark = get_benchmark(self.benchmark)
+        protocol = benchmark.protocol
+        names = parse_method_spec(self.method)
+        params = {name: {**protocol.method_params.get(name, {}),
+                         **self.method_params.get(name, {})} for name in names}
+        unknown = sorted(set(self.method_params) - set(names))
+        if unknown:
+            raise ConfigError(f"settings given for {', '.join(unknown)}, which is not part of "
+                              f"method '{self.method}'")
+        epochs, iterations = self.epochs, self.iterations
+        if epochs is None and iterations is None:
+            epochs, iterations = protocol.epochs, protocol.iterations
+        return self.replace(
+            scenario=self.scenario or benchmark.default_scenario,
+            epochs=epochs, iterations=iterations,
+            batch_size=self.batch_size or protocol.batch_size,
+            lr=self.lr or protocol.lr,
+            optimizer=self.optimizer or protocol.optimizer,
+            hidden=list(self.hidden or protocol.hidden),
+            method_params={n: p for n, p in params.items() if p},
+            benchmark_params=benchmark.options.from_dict(self.benchmark_params).to_dict(),
+        )
+
+
+@dataclasses.dataclass
+class RunResult:
+    config: dict[str, Any]
+    accuracy_matrix: list[list[float]]
+    loss_matrix: list[list[float]]
+    baseline_accuracy: list[float | None]
+    metrics: dict[str, float | None]
+    task_seconds: list[float]
+    seconds: float
+    peak_memory_mb: float
+    device: str
+
+    def summary(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "benchmark": cfg["benchmark"], "scenario": cfg["scenario"], "method": cfg["method"],
+            "seed": cfg["seed"], **self.metrics,
+            "accuracy_matrix": self.accuracy_matrix, "loss_matrix": self.loss_matrix,
+            "baseline_accuracy": self.baseline_accuracy,
+            "task_seconds": self.task_seconds, "seconds": self.seconds,
+            "peak_memory_mb": self.peak_memory_mb, "device": self.device,
+            "lifelong_version": __version__, "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; accepted: auto, cpu, cuda, cuda:N, mps"
+                          ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; "
+                          "use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' asked for, but MPS is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(name: str, params: Any, lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def prepare(config: RunConfig) -> tuple[RunConfig, Method]:
+    """Resolve defaults and build the method: every configuration error surfaces here."""
+    cfg = config.resolved()
+    benchmark = get_benchmark(cfg.benchmark)
+    method = build_method(cfg.method, cfg.method_params)
+    check_compatible(method, cfg.scenario)
+    if cfg.scenario not in ("task", "domain", "class"):
+        raise ConfigError(f"unknown scenario '{cfg.scenario}' for {benchmark.name}")
+    resolve_device(cfg.device)
+    members = method.members if isinstance(method, Composite) else [method]
+    full_params = {m.name: m.config.to_dict() for m in members if m.config.to_dict()}
+    return cfg.replace(method_params=full_params), method
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB else
+
+
+def baseline_accuracies(model: torch.nn.Module, scenario: Scenario, device: torch.device,
+                        batch_size: int) -> list[float | None]:
+    """b_j: accuracy of the untrained model on task j, read out as R[j-1][j] will be (for FWT).
+
+    In class-incremental learning with unseen classes masked, R[j-1][j] only sees the classes of
+    tasks before j, so b_j does too; b_0 is not used by FWT and is None there.
+    """
+    readout = scenario.readout
+    saved = readout.active.clone()
+    baseline: list[float | None] = []
+    try:
+        for j, task in enumerate(scenario.tasks):
+            if readout.mask_unseen:
+                if j == 0:
+                    baseline.append(None)
+                    continue
+                active = torch.zeros_like(saved)
+                active[readout.units(list(range(j)))] = True
+                readout.set_active(active)
+            baseline.append(evaluate(model, readout, task.test_data(device), batch_size)[0])
+    finally:
+        readout.set_active(saved)
+    return baseline
+
+
+def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
+                   progress: bool = True, label: str = "") -> RunResult:
+    """Train `config.method` on every task of the benchmark in turn, evaluating all tasks after
+    each; write config.yaml, metrics.jsonl and summary.json to `out_dir` when given."""
+    cfg, method = prepare(config)
+    device = resolve_device(cfg.device)
+    benchmark = get_benchmark(cfg.benchmark)
+    scenario = benchmark.build(cfg.scenario, data_dir=cfg.data_dir, head=cfg.head,
+                               mask_unseen=cfg.mask_unseen, options=cfg.benchmark_params)
+    seed_everything(cfg.seed)
+    readout = scenario.readout.to(device)
+    model = build_model(cfg.model, scenario.input_shape, scenario.num_outputs, cfg.hidden,
+                        cfg.dropout).to(device)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
+                               cfg.weight_decay)
+    method.attach(model, optimizer, readout, seed=cfg.seed + 1_000_003)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    run_dir = RunDir(out_dir) if out_dir is not None else None
+    config_dict = {"lifelong_version": __version__, **cfg.to_dict()}
+    if run_dir:
+        run_dir.write_config(config_dict)
+    started = time.perf_counter()
+    baseline = baseline_accuracies(model, scenario, device, cfg.eval_batch_size)
+    if run_dir:
+        run_dir.log(event="baseline", accuracy=baseline)
+    accuracy_matrix: list[list[float]] = []
+    loss_matrix: list[list[float]] = []
+    task_seconds: list[float] = []
+    try:
+        with Progress(progress, label=label) as bar:
+            for task in scenario.tasks:
+                task_started = time.perf_counter()
+                readout.begin_task(task.id)
+                method.before_task(task.id)
+                data = task.train_data(device)
+                train_data = method.training_data(task.id, data)  # joint: all data so far
+                bar.start_task(task.id, scenario.num_tasks, _total_steps(len(train_data), cfg))
+                stats = train_task(model, optimizer, method, readout, train_data,
+                                   batch_size=cfg.batch_size, epochs=cfg.epochs,
+                                   iterations=cfg.iterations, generator=shuffle, progress=bar)
+                method.after_task(task.id, data)
+                row, losses = [], []
+                for other in scenario.tasks:
+                    accuracy, loss = evaluate(model, readout, other.test_data(device),
+                                              cfg.eval_batch_size)
+                    row.append(accuracy)
+                    losses.append(loss)
+                    if run_dir:
+                        run_dir.log(event="eval", after_task=task.id, task=other.id,
+                                    accuracy=accuracy, loss=loss)
+                accuracy_matrix.append(row)
+                loss_matrix.append(losses)
+                task_seconds.append(time.perf_counter() - task_started)
+                if run_dir:
+                    run_dir.log(event="task_end", task=task.id, steps=stats.steps,
+                                train_seconds=stats.seconds, seconds=task_seconds[-1],
+                                epoch_losses=stats.epoch_losses)
+    finally:
+        method.detach()
+        if run_dir:
+            run_dir.close()
+    result = RunResult(
+        config=config_dict, accuracy_matrix=accuracy_matrix, loss_matrix=loss_matrix,
+        baseline_accuracy=baseline, metrics=summarize(accuracy_matrix, _fwt_baseline(baseline)),
+        task_seconds=task_seconds, seconds=time.perf_counter() - started,
+        peak_memory_mb=_peak_memory_mb(device), device=str(device))
+    if run_dir:
+        run_dir.write_summary(result.summary())
+    return result
+
+
+def _fwt_baseline(baseline: list[float | None]) -> list[float]:
+    return [0.0 if b is None else b for b in baseline]  # b_0 is never used by FWT
+
+
+def _total_steps(size: int, cfg: RunConfig) -> int:
+    if cfg.iterations is not None:
+        return cfg.iterations
+    return cfg.epochs * -(-size // cfg.batch_size)

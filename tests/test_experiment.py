@@ -1,0 +1,88 @@
+"""End-to-end runs: determinism, outputs on disk, errors before training, device selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from lifelong.errors import ConfigError
+from lifelong.experiment import RunConfig, resolve_device, run_experiment
+
+FAST = {"benchmark": "split-digits", "epochs": 2, "hidden": [32]}
+
+
+def test_same_seed_same_matrix_other_seed_differs() -> None:
+    a = run_experiment(RunConfig.from_dict({**FAST, "method": "replay", "seed": 3}),
+                       progress=False)
+    b = run_experiment(RunConfig.from_dict({**FAST, "method": "replay", "seed": 3}),
+                       progress=False)
+    c = run_experiment(RunConfig.from_dict({**FAST, "method": "replay", "seed": 4}),
+                       progress=False)
+    assert a.accuracy_matrix == b.accuracy_matrix
+    assert a.accuracy_matrix != c.accuracy_matrix
+
+
+def test_run_writes_summary_config_and_metrics(tmp_path) -> None:
+    config = RunConfig.from_dict({**FAST, "method": "ewc", "scenario": "domain",
+                                  "method_params": {"ewc": {"lambda": 50}}})
+    result = run_experiment(config, tmp_path, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("benchmark", "scenario", "method", "seed", "accuracy_matrix", "acc", "bwt", "fwt",
+                "forgetting", "seconds", "task_seconds", "peak_memory_mb", "lifelong_version"):
+        assert key in summary
+    assert summary["accuracy_matrix"] == result.accuracy_matrix
+    assert len(summary["accuracy_matrix"]) == 5 and summary["scenario"] == "domain"
+    assert summary["acc"] == pytest.approx(sum(result.accuracy_matrix[-1]) / 5)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["event"] for line in lines].count("eval") == 25
+    assert lines[0]["event"] == "baseline" and len(lines[0]["accuracy"]) == 5
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["method_params"]["ewc"]["lambda"] == 50.0
+    assert saved["method_params"]["ewc"]["mode"] == "separate"  # defaults written out in full
+    saved.pop("lifelong_version")
+    again = run_experiment(RunConfig.from_dict(saved), progress=False)  # re-run from config.yaml
+    assert again.accuracy_matrix == result.accuracy_matrix
+
+
+def test_joint_is_the_upper_bound_and_naive_forgets_class_incrementally() -> None:
+    runs = {m: run_experiment(RunConfig.from_dict({**FAST, "epochs": 5, "scenario": "class",
+                                                   "method": m}), progress=False)
+            for m in ("naive", "joint", "replay")}
+    assert runs["naive"].metrics["acc"] < 0.3  # only the last task's classes are recognised
+    assert runs["naive"].metrics["forgetting"] > 0.8
+    assert runs["joint"].metrics["acc"] > 0.85
+    assert runs["naive"].metrics["acc"] < runs["replay"].metrics["acc"] < runs["joint"].metrics[
+        "acc"] + 0.05
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"benchmark": "split-cifar"}, "unknown benchmark 'split-cifar'"),
+    ({"method": "replay+agemm"}, "unknown method 'agemm' .did you mean 'agem'"),
+    ({"method": "ewc", "method_params": {"ewc": {"lambda": -1}}}, "ewc.lambda: -1.0 is out of"),
+    ({"method": "ewc", "method_params": {"lwf": {"alpha": 1}}}, "settings given for lwf"),
+    ({"epochs": 2, "iterations": 5}, "not both"),
+    ({"lr": 0}, "run.lr: 0.0 is out of range"),
+    ({"scenario": "online"}, "run.scenario: 'online' is not accepted"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+])
+def test_bad_configurations_fail_before_training(settings, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(RunConfig.from_dict(settings), progress=False)
+
+
+def test_device_auto_picks_cuda_only_when_present() -> None:
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_iterations_mode_runs_exactly_that_many_steps(tmp_path) -> None:
+    run_experiment(RunConfig.from_dict({**FAST, "epochs": None, "iterations": 7}), tmp_path,
+                   progress=False)
+    ends = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+            if '"task_end"' in x]
+    assert [e["steps"] for e in ends] == [7] * 5
