@@ -33,9 +33,11 @@ def loop_fisher(model, batch: Batch, readout: Readout, kind: str) -> list[torch.
     return [acc / len(batch) for acc in total]
 
 
+@pytest.mark.parametrize("implementation", ["auto", "vmap"])
 @pytest.mark.parametrize("kind", ["empirical", "true"])
 @pytest.mark.parametrize("scenario_kind", ["task", "class", "none"])
-def test_diagonal_fisher_matches_per_sample_loop(kind: str, scenario_kind: str) -> None:
+def test_diagonal_fisher_matches_per_sample_loop(kind: str, scenario_kind: str,
+                                                 implementation: str) -> None:
     model = tiny_mlp(outputs=4)
     if scenario_kind == "none":
         readout = Readout.identity()
@@ -50,7 +52,33 @@ def test_diagonal_fisher_matches_per_sample_loop(kind: str, scenario_kind: str) 
             data = Batch.cat(data, other)
     expected = loop_fisher(model, data, readout, kind)
     batches = [data.select(slice(0, 5)), data.select(slice(5, len(data)))]
-    got = diagonal_fisher(model, batches, readout.select, kind=kind, max_rows=3)
+    got = diagonal_fisher(model, batches, readout.select, kind=kind, max_rows=3,
+                          implementation=implementation)
+    for name, exp in zip(dict(model.named_parameters()), expected):
+        torch.testing.assert_close(got[name], exp, rtol=1e-5, atol=1e-7)
+
+
+class TwiceApplied(torch.nn.Module):
+    """One Linear applied twice: its per-sample gradient is a sum, so the MLP shortcut is wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+
+@pytest.mark.parametrize("model_factory", [TwiceApplied, lambda: torch.nn.Sequential(
+    torch.nn.Linear(8, 6), torch.nn.LayerNorm(6), torch.nn.Linear(6, 4))])
+def test_fisher_of_models_the_shortcut_does_not_cover(model_factory) -> None:
+    torch.manual_seed(0)
+    model = model_factory()
+    data = Batch(torch.randn(7, 8), torch.randint(0, 4, (7,)))
+    readout = Readout.identity()
+    expected = loop_fisher(model, data, readout, "true")
+    got = diagonal_fisher(model, [data], readout.select, kind="true")
     for name, exp in zip(dict(model.named_parameters()), expected):
         torch.testing.assert_close(got[name], exp, rtol=1e-5, atol=1e-7)
 
@@ -128,3 +156,14 @@ def test_ewc_no_penalty_before_first_consolidation_and_fisher_sample_limit() -> 
     expected = loop_fisher(model, chosen, scenario.readout, "empirical")
     for got, exp in zip(method.precision, expected):
         torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-7)
+
+
+def test_the_mlp_shortcut_is_taken_exactly_when_it_is_exact() -> None:
+    from lifelong.functional.fisher import _linear_fisher
+
+    data = [Batch(torch.randn(5, 8), torch.randint(0, 4, (5,)))]
+    identity = Readout.identity().select
+    assert _linear_fisher(tiny_mlp(), data, identity, "true", None) is not None
+    assert _linear_fisher(TwiceApplied(), data, identity, "true", None) is None
+    with_norm = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.LayerNorm(6))
+    assert _linear_fisher(with_norm, data, identity, "true", None) is None

@@ -106,3 +106,21 @@ def test_lwf_teacher_has_no_grad_and_no_hooks_of_the_student() -> None:
     calls.clear()
     method.teacher(torch.randn(2, 8))
     assert calls == []  # the copy does not fire the original's hooks
+
+
+def test_distillation_fast_path_equals_padded_path() -> None:
+    from lifelong.functional import distillation_loss
+
+    student, teacher = torch.randn(5, 3, 4, requires_grad=True), torch.randn(5, 3, 4)
+    fast = distillation_loss(student, teacher, 2.0)
+    general = distillation_loss(student, teacher, 2.0, padded=True)
+    torch.testing.assert_close(fast, general)
+    torch.testing.assert_close(fast, kd(student.reshape(15, 4), teacher.reshape(15, 4), 2.0))
+    padded_teacher = teacher.clone()
+    padded_teacher[:, :, 3] = float("-inf")  # a head with 3 labels padded to 4 units
+    padded_student = student.masked_fill(torch.isinf(padded_teacher), float("-inf"))
+    value = distillation_loss(padded_student, padded_teacher, 2.0, padded=True)
+    expected = kd(student[:, :, :3].reshape(15, 3), teacher[:, :, :3].reshape(15, 3), 2.0)
+    torch.testing.assert_close(value, expected)
+    (grad,) = torch.autograd.grad(value, student)
+    assert torch.isfinite(grad).all() and grad[:, :, 3].eq(0).all()

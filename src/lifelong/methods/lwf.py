@@ -52,6 +52,7 @@ class LwF(Method):
         old_tasks = list(range(task))
         if self.readout.kind == "task":
             self._heads = self.readout.unit_table[:task]
+            self._padded = bool((self._heads < 0).any())
             self._units = None
         else:
             self._heads = None
@@ -70,13 +71,16 @@ class LwF(Method):
             pad = (self._heads < 0).expand_as(index)
             student = output.unsqueeze(1).expand(-1, index.shape[1], -1).gather(2, index)
             teacher = target.unsqueeze(1).expand(-1, index.shape[1], -1).gather(2, index)
-            student = student.masked_fill(pad, float("-inf"))
-            teacher = teacher.masked_fill(pad, float("-inf"))
+            if self._padded:
+                student = student.masked_fill(pad, float("-inf"))
+                teacher = teacher.masked_fill(pad, float("-inf"))
         elif self._units is not None:
             student, teacher = output[:, self._units], target[:, self._units]
         else:
             student, teacher = output, target
-        return self.config.alpha * distillation_loss(student, teacher, self.config.temperature)
+        padded = self._heads is not None and bool(self._padded)
+        return self.config.alpha * distillation_loss(student, teacher, self.config.temperature,
+                                                     padded=padded)
 
     def state_dict(self) -> dict[str, Any]:
         teacher = None if self.teacher is None else self.teacher.state_dict()
