@@ -86,3 +86,15 @@ def test_iterations_mode_runs_exactly_that_many_steps(tmp_path) -> None:
     ends = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
             if '"task_end"' in x]
     assert [e["steps"] for e in ends] == [7] * 5
+
+
+def test_protocol_defaults_depend_on_the_scenario_and_yield_to_the_user() -> None:
+    from lifelong.experiment import prepare
+
+    for scenario, expected in (("task", 1e5), ("domain", 1e10), ("class", 1e9)):
+        cfg, _ = prepare(RunConfig(benchmark="split-mnist", scenario=scenario, method="ewc"))
+        assert cfg.method_params["ewc"]["lambda"] == expected
+        assert cfg.iterations == 2000 and tuple(cfg.hidden) == (400, 400)
+    cfg, method = prepare(RunConfig(benchmark="split-mnist", scenario="class", method="ewc",
+                                    method_params={"ewc": {"lambda": 3}}))
+    assert cfg.method_params["ewc"]["lambda"] == 3.0 and method.config.lambda_ == 3.0

@@ -73,7 +73,8 @@ class RunConfig(Config):
         benchmark = get_benchmark(self.benchmark)
         protocol = benchmark.protocol
         names = parse_method_spec(self.method)
-        params = {name: {**protocol.method_params.get(name, {}),
+        scenario = self.scenario or benchmark.default_scenario
+        params = {name: {**protocol.params_for(scenario, name),
                          **self.method_params.get(name, {})} for name in names}
         unknown = sorted(set(self.method_params) - set(names))
         if unknown:
@@ -83,7 +84,7 @@ class RunConfig(Config):
         if epochs is None and iterations is None:
             epochs, iterations = protocol.epochs, protocol.iterations
         return self.replace(
-            scenario=self.scenario or benchmark.default_scenario,
+            scenario=scenario,
             epochs=epochs, iterations=iterations,
             batch_size=self.batch_size or protocol.batch_size,
             lr=self.lr or protocol.lr,
