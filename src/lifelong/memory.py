@@ -7,13 +7,15 @@ the device of the data they receive and sample uniformly without replacement.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from .core.batch import Batch
+from .core.batch import Batch, BatchLike, whole
 from .core.config import Config, option
+from .core.method import Method
 from .errors import ConfigError
 
 
@@ -200,3 +202,31 @@ class MemoryConfig(Config):
         if self.buffer == "reservoir":
             return ReservoirMemory(self.memory_size, generator)
         return ClassBalancedMemory(self.memory_size, self.memory_per_class, generator)
+
+
+class MemoryMethod(Method):
+    """Base of the methods that keep a memory configured by a `MemoryConfig`: a reservoir fed
+    with every new batch (`observe`), or a class-balanced memory filled at each task's end."""
+
+    stores_data = True
+    state_attrs: ClassVar[tuple[str, ...]] = ("memory",)
+
+    def __init__(self, config: MemoryConfig | dict | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.memory = self.config.build(None)
+
+    @property
+    def needs_task_boundaries(self) -> bool:  # type: ignore[override]
+        return self.config.buffer == "class-balanced"
+
+    def on_attach(self) -> None:
+        self.memory.generator = self.generator
+
+    def observe(self, batch: Batch) -> None:
+        """Task-free memories learn from the stream: call with each new batch."""
+        if self.config.buffer == "reservoir":
+            self.memory.add(batch)
+
+    def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
+        if self.config.buffer == "class-balanced":
+            self.memory.add_task(whole(data))

@@ -116,3 +116,19 @@ def iter_batches(
         yield batch if device is None else batch.to(device)
         if limit is not None and seen >= limit:
             return
+
+
+def whole(data: Batch | Iterable[BatchLike]) -> Batch:
+    """A task's data as one Batch: a Batch as is, an (x, y[, t]) tuple, or a loader's batches
+    concatenated (for methods that choose among all of a task's samples)."""
+    if isinstance(data, Batch):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and isinstance(data[0], Tensor):
+        return as_batch(data)
+    parts = [as_batch(item) for item in data]
+    if not parts:
+        raise ConfigError("the task's data is empty")
+    result = parts[0]
+    for part in parts[1:]:
+        result = Batch.cat(result, part)
+    return result

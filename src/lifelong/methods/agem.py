@@ -9,18 +9,15 @@ pre-hook, so it applies to whatever loop calls `optimizer.step()`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from ..core.batch import Batch, BatchLike
+from ..core.batch import Batch
 from ..core.config import option
-from ..core.method import Method
 from ..core.registry import register_method
 from ..functional import project_away_from_conflict_
-from ..memory import MemoryConfig
-from .replay import _whole
+from ..memory import MemoryConfig, MemoryMethod
 
 
 @dataclasses.dataclass
@@ -33,27 +30,13 @@ class AGEMConfig(MemoryConfig):
 
 
 @register_method
-class AGEM(Method):
+class AGEM(MemoryMethod):
     name = "agem"
     description = "A-GEM: project gradients that would increase the loss on the memory"
     Config = AGEMConfig
-    stores_data = True
-    state_attrs = ("memory",)
-
-    def __init__(self, config: AGEMConfig | dict | None = None, **overrides: Any) -> None:
-        super().__init__(config, **overrides)
-        self.memory = self.config.build(None)
-
-    @property
-    def needs_task_boundaries(self) -> bool:  # type: ignore[override]
-        return self.config.buffer == "class-balanced"
-
-    def on_attach(self) -> None:
-        self.memory.generator = self.generator
 
     def prepare_batch(self, batch: Batch) -> Batch:
-        if self.config.buffer == "reservoir":  # task-free: the memory follows the stream
-            self.memory.add(batch)
+        self.observe(batch)  # task-free (reservoir) memories follow the stream
         return batch
 
     def uses(self, hook: str) -> bool:
@@ -75,7 +58,3 @@ class AGEM(Method):
                 grads.append(grad)
                 refs.append(ref)
         project_away_from_conflict_(grads, refs, self.config.eps, reference_is_scratch=True)
-
-    def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
-        if self.config.buffer == "class-balanced":
-            self.memory.add_task(_whole(data))

@@ -200,24 +200,8 @@ def permuted_inputs(
     The first task keeps the original order unless `permute_first`. In class-incremental form,
     task t's label c is unit t·C + c (van de Ven et al. 2022).
     """
-    xtr, ytr, xte, yte = _inputs(x_train, y_train, x_test, y_test)
-    num_classes = int(max(ytr.max(), yte.max())) + 1
-    readout = _repeated_tasks(name, scenario, head, num_tasks, num_classes, mask_unseen)
-    generator = torch.Generator().manual_seed(seed)
-    features = xtr[0].numel()
-    tasks = []
-    for t in range(num_tasks):
-        permutation = torch.randperm(features, generator=generator)
-        if t == 0 and not permute_first:
-            permutation = None
-        offset = _label_offset(scenario, t, num_classes)
-        tasks.append(Task(
-            t, f"permutation {t}", tuple(range(num_classes)),
-            _batch_maker(xtr, ytr + offset, t, permutation=permutation),
-            _batch_maker(xte, yte + offset, t, permutation=permutation),
-            cache=False,  # num_tasks copies of the training set would not fit for big datasets
-        ))
-    return Scenario(name, scenario, tasks, readout, tuple(xtr.shape[1:]))
+    return _permuted("inputs", (x_train, y_train, x_test, y_test), num_tasks, scenario, head,
+                     seed, permute_first, mask_unseen, name)
 
 
 def permuted_labels(
@@ -231,19 +215,34 @@ def permuted_labels(
     name: str = "label-permuted",
 ) -> Scenario:
     """Each task relabels the whole dataset with its own permutation of the classes."""
-    xtr, ytr, xte, yte = _inputs(x_train, y_train, x_test, y_test)
+    return _permuted("labels", (x_train, y_train, x_test, y_test), num_tasks, scenario, head,
+                     seed, permute_first, mask_unseen, name)
+
+
+def _permuted(what: Literal["inputs", "labels"], arrays: tuple[Any, ...], num_tasks: int,
+              scenario: str, head: str, seed: int, permute_first: bool, mask_unseen: bool,
+              name: str) -> Scenario:
+    """Tasks that all hold every sample, each with its own permutation of inputs or labels."""
+    xtr, ytr, xte, yte = _inputs(*arrays)
     num_classes = int(max(ytr.max(), yte.max())) + 1
     readout = _repeated_tasks(name, scenario, head, num_tasks, num_classes, mask_unseen)
     generator = torch.Generator().manual_seed(seed)
+    size = xtr[0].numel() if what == "inputs" else num_classes
     tasks = []
     for t in range(num_tasks):
-        mapping = torch.randperm(num_classes, generator=generator)
-        if t == 0 and not permute_first:
-            mapping = torch.arange(num_classes)
+        permutation = torch.randperm(size, generator=generator)
+        identity = t == 0 and not permute_first
         offset = _label_offset(scenario, t, num_classes)
-        tasks.append(Task(
-            t, f"labels {t}", tuple(range(num_classes)),
-            _batch_maker(xtr, mapping[ytr] + offset, t),
-            _batch_maker(xte, mapping[yte] + offset, t),
-        ))
+        if what == "inputs":
+            pixels = None if identity else permutation
+            make_train = _batch_maker(xtr, ytr + offset, t, permutation=pixels)
+            make_test = _batch_maker(xte, yte + offset, t, permutation=pixels)
+        else:
+            mapping = torch.arange(num_classes) if identity else permutation
+            make_train = _batch_maker(xtr, mapping[ytr] + offset, t)
+            make_test = _batch_maker(xte, mapping[yte] + offset, t)
+        # permuted inputs are rebuilt when needed: num_tasks copies of a big set would not fit
+        tasks.append(Task(t, f"{'permutation' if what == 'inputs' else 'labels'} {t}",
+                          tuple(range(num_classes)), make_train, make_test,
+                          cache=what == "labels"))
     return Scenario(name, scenario, tasks, readout, tuple(xtr.shape[1:]))
