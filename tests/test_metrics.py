@@ -48,3 +48,12 @@ def test_single_task_and_bad_shapes() -> None:
         average_accuracy([[0.1, 0.2]])
     with pytest.raises(ValueError, match="one baseline accuracy per task"):
         forward_transfer(R, [0.1])
+
+
+def test_forgetting_takes_the_best_row_not_the_diagonal() -> None:
+    # task 0 improved while task 1 was learned (0.6 -> 0.8), then dropped to 0.5
+    rising = [[0.6, 0.1, 0.1],
+              [0.8, 0.9, 0.1],
+              [0.5, 0.9, 0.9]]
+    assert forgetting(rising) == pytest.approx(((0.8 - 0.5) + (0.9 - 0.9)) / 2)
+    assert backward_transfer(rising) == pytest.approx(((0.5 - 0.6) + (0.9 - 0.9)) / 2)

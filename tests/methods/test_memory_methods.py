@@ -168,3 +168,46 @@ def test_joint_trains_on_every_task_so_far() -> None:
         assert torch.equal(union.x[-len(data):], data.x)
         method.after_task(task.id, data)
     assert sizes == [48, 96, 144]
+
+
+@pytest.mark.parametrize("spec", ["agem+ewc", "ewc+agem"])
+def test_penalty_gradients_are_projected_whatever_the_order_given(spec: str) -> None:
+    """In a composition, EWC's gradient joins the task gradient before A-GEM projects it."""
+    from lifelong.core import build_method
+
+    scenario = toy_scenario("task")
+    readout = scenario.readout
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    method = build_method(spec, {"agem": {"memory_per_class": 40, "ref_batch_size": 1000},
+                                 "ewc": {"lambda": 2.0}}).attach(model, optimizer, readout,
+                                                                  seed=0)
+    first = scenario.tasks[0].train_data()
+    method.after_task(0, first)
+    with torch.no_grad():  # move away from the anchor so EWC's gradient is not zero
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ewc = next(m for m in method.members if m.name == "ewc")
+    params = list(model.parameters())
+    batch = first.select(slice(0, 16))
+    batch.y = 1 - batch.y  # task 0's inputs with flipped labels: opposes the memory's gradient
+    memory = method.members[[m.name for m in method.members].index("agem")].memory.stored()
+    g_ref = torch.autograd.grad(F.cross_entropy(readout.select(model(memory.x), memory.task_ids),
+                                                memory.y), params)
+    task_grads = torch.autograd.grad(
+        F.cross_entropy(readout.select(model(batch.x), batch.task_ids), batch.y), params)
+    penalty_grads = [2.0 * P * (p.detach() - mu)  # λ·P∘(θ − μ); EWC itself: test_ewc.py
+                     for p, P, mu in zip(params, ewc.precision, ewc.anchor)]
+    flat = lambda ts: torch.cat([t.flatten() for t in ts]).double()  # noqa: E731
+    total = flat(task_grads) + flat(penalty_grads)
+    inner = total @ flat(g_ref)
+    assert inner < 0  # the case where the order matters
+    expected = total - inner / (flat(g_ref) @ flat(g_ref)) * flat(g_ref)
+    task_only = flat(task_grads)  # the other order: project the task gradient, then add EWC's
+    wrong = task_only - min(task_only @ flat(g_ref), 0) / (flat(g_ref) @ flat(g_ref)) * flat(
+        g_ref) + flat(penalty_grads)
+    assert (wrong - expected).norm() > 1e-3 * expected.norm()
+    for p, g in zip(params, task_grads):
+        p.grad = g.clone()
+    optimizer.step()  # one pre-hook: EWC (objective) first, then A-GEM (transform)
+    torch.testing.assert_close(flat([p.grad for p in params]), expected, rtol=1e-4, atol=1e-6)
