@@ -109,3 +109,11 @@ def test_missing_data_file_fails_before_training_without_traceback(tmp_path) -> 
         result.stderr)
     assert str(tmp_path) in result.stderr  # says where it looked
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_compare_refuses_an_impossible_benchmark_option_before_running(tmp_path, capsys) -> None:
+    code = main(["compare", *FAST, "--methods", "naive", "--set", "benchmark.classes_per_task=3",
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert "10 classes do not split into tasks of 3" in capsys.readouterr().err
+    assert not (tmp_path / "naive").exists()

@@ -55,8 +55,10 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
         for seed in seeds:
             resolved, _ = prepare(RunConfig.from_dict({**routed, "seed": seed}))
             plan.append((method, seed, resolved.to_dict()))
-    first = plan[0][2]
-    get_benchmark(first["benchmark"]).load(first["data_dir"])  # a missing file fails now
+    first = plan[0][2]  # a missing file or an impossible benchmark option fails now
+    get_benchmark(first["benchmark"]).build(
+        first["scenario"], data_dir=first["data_dir"], head=first["head"],
+        mask_unseen=first["mask_unseen"], options=first["benchmark_params"])
     return plan
 
 

@@ -31,8 +31,8 @@ class Composite(Method):
         self.stores_data = any(m.stores_data for m in members)  # type: ignore[misc]
         self.scenarios = tuple(  # type: ignore[misc]
             s for s in members[0].scenarios if all(s in m.scenarios for m in members))
-        self._preparers = [m for m in members if m.overrides("prepare_batch")]
-        self._penalizers = [m for m in members if m.overrides("penalty")]
+        self._preparers = [m for m in members if m.uses("prepare_batch")]
+        self._penalizers = [m for m in members if m.uses("penalty")]
 
     def uses(self, hook: str) -> bool:
         return any(member.uses(hook) for member in self.members)
