@@ -25,6 +25,10 @@ SETTINGS = {
     "agem": {"memory_size": 24, "ref_batch_size": 16},
     "ewc": {"lambda": 10.0},
     "l2": {"lambda": 0.1},
+    "der": {"memory_size": 24},
+    "derpp": {"memory_size": 24},
+    "mas": {"lambda": 1.0},
+    "si": {"c": 1.0},
 }
 METHODS = sorted(list_methods())
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",

@@ -159,11 +159,15 @@ def test_ewc_no_penalty_before_first_consolidation_and_fisher_sample_limit() -> 
 
 
 def test_the_mlp_shortcut_is_taken_exactly_when_it_is_exact() -> None:
-    from lifelong.functional.fisher import _linear_fisher
+    from lifelong.functional.per_sample import _linear
 
     data = [Batch(torch.randn(5, 8), torch.randint(0, 4, (5,)))]
     identity = Readout.identity().select
-    assert _linear_fisher(tiny_mlp(), data, identity, "true", None) is not None
-    assert _linear_fisher(TwiceApplied(), data, identity, "true", None) is None
+
+    def terms(logits, batch):
+        return [(logits.sum(1), None)]
+
+    assert _linear(tiny_mlp(), data, identity, terms, "square") is not None
+    assert _linear(TwiceApplied(), data, identity, terms, "square") is None
     with_norm = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.LayerNorm(6))
-    assert _linear_fisher(with_norm, data, identity, "true", None) is None
+    assert _linear(with_norm, data, identity, terms, "square") is None

@@ -1,11 +1,14 @@
 """The built-in methods; importing this package registers them all."""
 
 from .agem import AGEM
+from .der import DER, DERPP
 from .ewc import EWC
 from .joint import Joint
 from .l2 import L2
 from .lwf import LwF
+from .mas import MAS
 from .naive import Naive
 from .replay import Replay
+from .si import SI
 
-__all__ = ["AGEM", "EWC", "Joint", "L2", "LwF", "Naive", "Replay"]
+__all__ = ["AGEM", "DER", "DERPP", "EWC", "MAS", "SI", "Joint", "L2", "LwF", "Naive", "Replay"]

@@ -103,15 +103,15 @@ def _mnist(data_dir: str | None) -> Any:
 
 # Van de Ven et al. (2022) and their code (GMvandeVen/continual-learning, params/param_values.py):
 # Split MNIST: MLP 400-400, Adam 1e-3, 2000 iterations of 128 per task, 100 samples per class in
-# memory, EWC λ 1e5 / 1e10 / 1e9 for task / domain / class; Permuted MNIST: 1000-1000, Adam 1e-4,
-# 5000 iterations of 256 per task.
+# memory, EWC λ 1e5 / 1e10 / 1e9 and SI c 10 / 5e4 / 5e3 for task / domain / class; Permuted
+# MNIST: 1000-1000, Adam 1e-4, 5000 iterations of 256 per task.
 _VAN_DE_VEN_SPLIT = Protocol(
     hidden=(400, 400), batch_size=128, lr=1e-3, iterations=2000,
     method_params={"replay": {"buffer": "class-balanced", "memory_per_class": 100},
                    "agem": {"memory_per_class": 100}},
-    scenario_method_params={"task": {"ewc": {"lambda": 1e5}},
-                            "domain": {"ewc": {"lambda": 1e10}},
-                            "class": {"ewc": {"lambda": 1e9}}})
+    scenario_method_params={"task": {"ewc": {"lambda": 1e5}, "si": {"c": 10.0}},
+                            "domain": {"ewc": {"lambda": 1e10}, "si": {"c": 5e4}},
+                            "class": {"ewc": {"lambda": 1e9}, "si": {"c": 5e3}}})
 _VAN_DE_VEN_PERMUTED = Protocol(hidden=(1000, 1000), batch_size=256, lr=1e-4, iterations=5000)
 
 BENCHMARKS: dict[str, Benchmark] = {
