@@ -29,6 +29,7 @@ SETTINGS = {
     "derpp": {"memory_size": 24},
     "mas": {"lambda": 1.0},
     "si": {"c": 1.0},
+    "gem": {"memory_per_task": 16},
 }
 METHODS = sorted(list_methods())
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",

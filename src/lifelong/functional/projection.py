@@ -44,3 +44,25 @@ def project_away_from_conflict_(grads: Sequence[Tensor], reference: Sequence[Ten
     else:
         torch._foreach_sub_(grads, torch._foreach_mul(reference, coefficient))
     return inner
+
+
+def solve_gem_dual(gram: Tensor, alignment: Tensor, margin: float = 0.0,
+                   damping: float = 0.0) -> Tensor:
+    """The dual of GEM's projection: argmin_v ½ vᵀ(P + damping·I)v + qᵀv subject to v ≥ margin,
+    with P = G Gᵀ (the past tasks' gradients' Gram matrix) and q = G g.
+
+    With u = v − margin ≥ 0 and P + damping·I = L Lᵀ, the problem is the non-negative least
+    squares min_u ||Lᵀu + L⁻¹(P m + q)||², solved exactly by Lawson-Hanson (scipy's `nnls`).
+    """
+    import numpy as np
+    from scipy.linalg import solve_triangular
+    from scipy.optimize import nnls
+
+    P = gram.detach().double().cpu().numpy()
+    q = alignment.detach().double().cpu().numpy()
+    P = 0.5 * (P + P.T) + damping * np.eye(len(P))
+    lower = np.linalg.cholesky(P)
+    shift = P @ np.full(len(P), margin) + q
+    target = -solve_triangular(lower, shift, lower=True)
+    u, _ = nnls(lower.T, target)
+    return torch.from_numpy(u + margin).to(gram.device, gram.dtype)

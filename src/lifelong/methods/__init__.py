@@ -3,6 +3,7 @@
 from .agem import AGEM
 from .der import DER, DERPP
 from .ewc import EWC
+from .gem import GEM
 from .joint import Joint
 from .l2 import L2
 from .lwf import LwF
@@ -11,4 +12,4 @@ from .naive import Naive
 from .replay import Replay
 from .si import SI
 
-__all__ = ["AGEM", "DER", "DERPP", "EWC", "MAS", "SI", "Joint", "L2", "LwF", "Naive", "Replay"]
+__all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "SI", "Joint", "L2", "LwF", "Naive", "Replay"]
