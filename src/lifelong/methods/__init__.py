@@ -12,4 +12,5 @@ from .naive import Naive
 from .replay import Replay
 from .si import SI
 
-__all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "SI", "Joint", "L2", "LwF", "Naive", "Replay"]
+__all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "SI", "Joint", "L2", "LwF", "Naive",
+           "Replay"]
