@@ -193,6 +193,13 @@ class Method:
     def task_loss(self, batch: Batch) -> Tensor:
         return F.cross_entropy(self.forward(batch), batch.y)
 
+    def loss_gradients(self, batch: Batch, params: list[Tensor]) -> list[Tensor]:
+        """∇ of the task loss on `batch` for `params`, without touching their `.grad` (zeros
+        where a parameter does not reach the loss). Works inside an optimizer step hook."""
+        with torch.enable_grad():
+            found = torch.autograd.grad(self.task_loss(batch), params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, found)]
+
     def batches(self, data: Batch | Iterable[BatchLike], batch_size: int,
                 limit: int | None = None) -> Iterator[Batch]:
         return iter_batches(data, batch_size, device=self.device, limit=limit,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import torch
-
 from ..core.batch import Batch
 from ..core.config import option
 from ..core.registry import register_method
@@ -48,13 +46,7 @@ class AGEM(MemoryMethod):
         reference_batch = self.memory.sample(self.config.ref_batch_size)
         if reference_batch is None:
             return
-        pairs = [(p, p.grad) for p in self.params if p.grad is not None]
-        with torch.enable_grad():
-            loss = self.task_loss(reference_batch)
-            reference = torch.autograd.grad(loss, [p for p, _ in pairs], allow_unused=True)
-        grads, refs = [], []
-        for (_, grad), ref in zip(pairs, reference):
-            if ref is not None:
-                grads.append(grad)
-                refs.append(ref)
+        params = [p for p in self.params if p.grad is not None]
+        grads = [p.grad for p in params]
+        refs = self.loss_gradients(reference_batch, params)
         project_away_from_conflict_(grads, refs, self.config.eps, reference_is_scratch=True)

@@ -58,15 +58,9 @@ class GEM(Method):
     def transform_grads(self) -> None:
         if not self.memories:
             return
-        pairs = [(p, p.grad) for p in self.params if p.grad is not None]
-        params = [p for p, _ in pairs]
-        grads = [g for _, g in pairs]
-        references = []
-        with torch.enable_grad():
-            for memory in self.memories:
-                found = torch.autograd.grad(self.task_loss(memory), params, allow_unused=True)
-                references.append([torch.zeros_like(p) if r is None else r
-                                   for p, r in zip(params, found)])
+        params = [p for p in self.params if p.grad is not None]
+        grads = [p.grad for p in params]
+        references = [self.loss_gradients(memory, params) for memory in self.memories]
         gram, alignment = _gram(references, grads)
         if bool((alignment >= 0).all()):
             return  # no past task's loss would rise: keep g
