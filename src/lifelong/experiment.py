@@ -29,7 +29,7 @@ from .models import build_model
 from .rundir import RunDir
 from .scenarios import Scenario, get_benchmark
 from .training.evaluate import evaluate
-from .training.loop import train_task
+from .training.loop import count_steps, train_task
 from .training.progress import Progress
 
 
@@ -155,11 +155,8 @@ def make_optimizer(name: str, params: Any, lr: float, momentum: float,
 def prepare(config: RunConfig) -> tuple[RunConfig, Method]:
     """Resolve defaults and build the method: every configuration error surfaces here."""
     cfg = config.resolved()
-    benchmark = get_benchmark(cfg.benchmark)
     method = build_method(cfg.method, cfg.method_params)
     check_compatible(method, cfg.scenario)
-    if cfg.scenario not in ("task", "domain", "class"):
-        raise ConfigError(f"unknown scenario '{cfg.scenario}' for {benchmark.name}")
     resolve_device(cfg.device)
     members = method.members if isinstance(method, Composite) else [method]
     full_params = {m.name: m.config.to_dict() for m in members if m.config.to_dict()}
@@ -237,7 +234,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
                 method.before_task(task.id)
                 data = task.train_data(device)
                 train_data = method.training_data(task.id, data)  # joint: all data so far
-                bar.start_task(task.id, scenario.num_tasks, _total_steps(len(train_data), cfg))
+                bar.start_task(task.id, scenario.num_tasks, count_steps(
+                    len(train_data), cfg.batch_size, cfg.epochs, cfg.iterations))
                 stats = train_task(model, optimizer, method, readout, train_data,
                                    batch_size=cfg.batch_size, epochs=cfg.epochs,
                                    iterations=cfg.iterations, generator=shuffle, progress=bar)
@@ -274,9 +272,3 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
 
 def _fwt_baseline(baseline: list[float | None]) -> list[float]:
     return [0.0 if b is None else b for b in baseline]  # b_0 is never used by FWT
-
-
-def _total_steps(size: int, cfg: RunConfig) -> int:
-    if cfg.iterations is not None:
-        return cfg.iterations
-    return cfg.epochs * -(-size // cfg.batch_size)

@@ -39,10 +39,7 @@ class Memory:
         if size == 0:
             return None
         device = self.data.x.device
-        if count >= size:
-            index = torch.randperm(size, generator=self._generator(device), device=device)
-        else:
-            index = torch.randperm(size, generator=self._generator(device), device=device)[:count]
+        index = torch.randperm(size, generator=self._generator(device), device=device)[:count]
         return self.data.select(index)
 
     def stored(self) -> Batch | None:
@@ -54,10 +51,10 @@ class Memory:
         return self.generator
 
     def state_dict(self) -> dict[str, Any]:
-        return {"data": _batch_state(self.stored())}
+        return {"data": _state(self.stored())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.data = _batch_from_state(state["data"])
+        self.data = Batch.from_state(state["data"])
 
 
 class ReservoirMemory(Memory):
@@ -100,11 +97,11 @@ class ReservoirMemory(Memory):
         self._size = min(self.seen, self.capacity)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"data": _batch_state(self.stored()), "seen": self.seen,
+        return {"data": _state(self.stored()), "seen": self.seen,
                 "capacity": self.capacity}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        stored = _batch_from_state(state["data"])
+        stored = Batch.from_state(state["data"])
         self.capacity, self.seen = state["capacity"], state["seen"]
         self._size = 0 if stored is None else len(stored)
         self.data = None
@@ -142,11 +139,15 @@ class ClassBalancedMemory(Memory):
         self.data = _concat(self.groups)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"groups": [_batch_state(g) for g in self.groups]}
+        return {"groups": [g.state() for g in self.groups]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.groups = [_batch_from_state(g) for g in state["groups"]]
+        self.groups = [Batch.from_state(g) for g in state["groups"]]
         self.data = _concat(self.groups) if self.groups else None
+
+
+def _state(batch: Batch | None) -> dict[str, Any] | None:
+    return None if batch is None else batch.state()
 
 
 def _allocate(like: Batch, rows: int) -> Batch:
@@ -169,18 +170,6 @@ def _concat(groups: list[Batch]) -> Batch:
     cat = lambda name: torch.cat([getattr(g, name) for g in groups])  # noqa: E731
     return Batch(cat("x"), cat("y"), None if first.task_ids is None else cat("task_ids"),
                  {k: torch.cat([g.extras[k] for g in groups]) for k in first.extras})
-
-
-def _batch_state(batch: Batch | None) -> dict[str, Any] | None:
-    if batch is None:
-        return None
-    return {"x": batch.x, "y": batch.y, "task_ids": batch.task_ids, "extras": dict(batch.extras)}
-
-
-def _batch_from_state(state: dict[str, Any] | None) -> Batch | None:
-    if state is None:
-        return None
-    return Batch(state["x"], state["y"], state["task_ids"], dict(state["extras"]))
 
 
 @dataclasses.dataclass

@@ -54,6 +54,16 @@ class Batch:
         ids = torch.full((len(self),), task, dtype=torch.long, device=self.x.device)
         return dataclasses.replace(self, task_ids=ids)
 
+    def state(self) -> dict[str, Any]:
+        """Tensors only, for state dicts that load with `torch.load(weights_only=True)`."""
+        return {"x": self.x, "y": self.y, "task_ids": self.task_ids, "extras": dict(self.extras)}
+
+    @staticmethod
+    def from_state(state: dict[str, Any] | None) -> Batch | None:
+        if state is None:
+            return None
+        return Batch(state["x"], state["y"], state["task_ids"], dict(state["extras"]))
+
     @staticmethod
     def cat(first: Batch, second: Batch) -> Batch:
         """Rows of `first` then `second`; keeps `first`'s stream size."""

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .batch import Batch, BatchLike, iter_batches
+from .batch import Batch, BatchLike, as_batch, iter_batches
 from .config import Config
 from .readout import SCENARIOS, Readout
 
@@ -207,8 +207,6 @@ class Method:
 
     def add_penalty(self, loss: Tensor, batch: BatchLike, output: Tensor) -> Tensor:
         """`loss` plus this method's penalty: the one line a user's own loop needs."""
-        from .batch import as_batch
-
         term = self.penalty(as_batch(batch), output)
         return loss if term is None else loss + term
 

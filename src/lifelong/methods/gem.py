@@ -25,7 +25,6 @@ from ..core.config import Config, option
 from ..core.method import Method
 from ..core.registry import register_method
 from ..functional.projection import solve_gem_dual
-from ..memory import _batch_from_state, _batch_state
 
 
 @dataclasses.dataclass
@@ -69,11 +68,11 @@ class GEM(Method):
             torch._foreach_add_(grads, reference, alpha=float(v[k]))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "memories": [_batch_state(m) for m in self.memories]}
+        return {**super().state_dict(), "memories": [m.state() for m in self.memories]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.memories = [_batch_from_state(m).to(self.device) for m in state["memories"]]
+        self.memories = [Batch.from_state(m).to(self.device) for m in state["memories"]]
 
 
 def _gram(references: list[list[Tensor]], grads: list[Tensor]) -> tuple[Tensor, Tensor]:

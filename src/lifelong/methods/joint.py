@@ -7,7 +7,6 @@ from typing import Any
 from ..core.batch import Batch
 from ..core.method import Method
 from ..core.registry import register_method
-from ..memory import _batch_from_state, _batch_state
 
 
 @register_method
@@ -39,9 +38,9 @@ class Joint(Method):
         self.seen = data if self.seen is None else Batch.cat(self.seen, data)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "seen": _batch_state(self.seen)}
+        return {**super().state_dict(), "seen": None if self.seen is None else self.seen.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        seen = _batch_from_state(state["seen"])
+        seen = Batch.from_state(state["seen"])
         self.seen = None if seen is None else seen.to(self.device)

@@ -31,6 +31,13 @@ class TaskTrainingStats:
     epoch_losses: list[float]  # mean training loss of each epoch (or each pass over the data)
 
 
+def count_steps(size: int, batch_size: int, epochs: int | None, iterations: int | None) -> int:
+    """Mini-batches in a task: `iterations`, or `epochs` passes of ceil(size / batch_size)."""
+    if (epochs is None) == (iterations is None):
+        raise ValueError("give exactly one of epochs and iterations")
+    return iterations if iterations is not None else epochs * math.ceil(size / batch_size)
+
+
 def train_task(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -49,11 +56,8 @@ def train_task(
     Each pass visits the samples in a new random order drawn from `generator` (on the CPU, so a
     seed gives the same order on any device).
     """
-    if (epochs is None) == (iterations is None):
-        raise ValueError("give exactly one of epochs and iterations")
     size = len(data)
-    steps_per_pass = math.ceil(size / batch_size)
-    total_steps = iterations if iterations is not None else epochs * steps_per_pass
+    total_steps = count_steps(size, batch_size, epochs, iterations)
     prepare = method.prepare_batch if method.uses("prepare_batch") else None
     penalty = method.penalty if method.uses("penalty") else None
     x, y, task_ids = data.x, data.y, data.task_ids
