@@ -103,6 +103,7 @@ class RunResult:
     baseline_accuracy: list[float | None]
     metrics: dict[str, float | None]
     task_seconds: list[float]
+    method_reports: list[dict[str, float]]  # per task: what the method measured (report hook)
     seconds: float
     peak_memory_mb: float
     device: str
@@ -114,7 +115,8 @@ class RunResult:
             "seed": cfg["seed"], **self.metrics,
             "accuracy_matrix": self.accuracy_matrix, "loss_matrix": self.loss_matrix,
             "baseline_accuracy": self.baseline_accuracy,
-            "task_seconds": self.task_seconds, "seconds": self.seconds,
+            "task_seconds": self.task_seconds, "method_reports": self.method_reports,
+            "seconds": self.seconds,
             "peak_memory_mb": self.peak_memory_mb, "device": self.device,
             "lifelong_version": __version__, "torch_version": torch.__version__,
             "python_version": platform.python_version(),
@@ -226,6 +228,12 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     accuracy_matrix: list[list[float]] = []
     loss_matrix: list[list[float]] = []
     task_seconds: list[float] = []
+    method_reports: list[dict[str, float]] = []
+
+    def evaluate_all(candidate: torch.nn.Module) -> list[float]:
+        return [evaluate(candidate, readout, other.test_data(device), cfg.eval_batch_size)[0]
+                for other in scenario.tasks]
+
     try:
         with Progress(progress, label=label) as bar:
             for task in scenario.tasks:
@@ -242,8 +250,10 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
                 method.after_task(task.id, data)
                 row, losses = [], []
                 for other in scenario.tasks:
+                    method.evaluation_task(other.id)
                     accuracy, loss = evaluate(model, readout, other.test_data(device),
                                               cfg.eval_batch_size)
+                    method.evaluation_task(None)
                     row.append(accuracy)
                     losses.append(loss)
                     if run_dir:
@@ -251,6 +261,10 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
                                     accuracy=accuracy, loss=loss)
                 accuracy_matrix.append(row)
                 loss_matrix.append(losses)
+                if method.uses("report"):
+                    method_reports.append(method.report(task.id, evaluate_all))
+                    if run_dir:
+                        run_dir.log(event="method", task=task.id, **method_reports[-1])
                 task_seconds.append(time.perf_counter() - task_started)
                 if run_dir:
                     run_dir.log(event="task_end", task=task.id, steps=stats.steps,
@@ -263,7 +277,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     result = RunResult(
         config=config_dict, accuracy_matrix=accuracy_matrix, loss_matrix=loss_matrix,
         baseline_accuracy=baseline, metrics=summarize(accuracy_matrix, _fwt_baseline(baseline)),
-        task_seconds=task_seconds, seconds=time.perf_counter() - started,
+        task_seconds=task_seconds, method_reports=method_reports,
+        seconds=time.perf_counter() - started,
         peak_memory_mb=_peak_memory_mb(device), device=str(device))
     if run_dir:
         run_dir.write_summary(result.summary())

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .batch import Batch, BatchLike
-from .method import Method
+from .method import Evaluator, Method
 from .readout import Readout
 from .registry import get_method_class
 
@@ -98,6 +98,15 @@ class Composite(Method):
     def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
         for member in self.members:
             member.after_task(task, data)
+
+    def evaluation_task(self, task: int | None) -> None:
+        for member in self.members:
+            member.evaluation_task(task)
+
+    def report(self, task: int, evaluate: Evaluator) -> dict[str, float]:
+        """Each member's numbers, keyed `member.key` so that two members cannot collide."""
+        return {f"{member.name}.{key}": value for member in self.members
+                if member.uses("report") for key, value in member.report(task, evaluate).items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {member.name: member.state_dict() for member in self.members}

@@ -13,6 +13,8 @@ hook                   when / what                                              
 `transform_grads()`    optimizer step pre-hook: change the gradient                 A-GEM
 `after_step()`         optimizer step post-hook: change the weights                 (CBP, S&P)
 `after_task(t, d)`     the task ended: consolidate with its data                    EWC's Fisher
+`evaluation_task(t)`   task t's test data comes next (None: evaluation is over)     PackNet masks
+`report(t, evaluate)`  after the evaluation: numbers the method measures            L1's ticket
 =====================  ===========================================================  ==============
 
 `transform_grads` and `after_step` run from `optimizer.register_step_pre_hook` /
@@ -27,7 +29,7 @@ Each method declares what it needs (`needs_task_boundaries`, `needs_task_ids_at_
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -40,7 +42,10 @@ from .config import Config
 from .readout import SCENARIOS, Readout
 
 HOOKS = ("before_task", "training_data", "prepare_batch", "penalty", "transform_grads",
-         "after_step", "after_task")
+         "after_step", "after_task", "evaluation_task", "report")
+
+# `evaluate(model)` -> accuracy of `model` on the test set of every task, in task order.
+Evaluator = Callable[[nn.Module], list[float]]
 
 # When several methods change the gradient, they run in this order (then in composition order):
 OBJECTIVE = 0  # gradients of penalty terms (EWC, L2): part of the objective, added first
@@ -171,6 +176,17 @@ class Method:
 
     def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
         pass
+
+    def evaluation_task(self, task: int | None) -> None:
+        """The next forward passes evaluate task `task`'s test data; `None` once evaluation is
+        over. Only for methods whose model depends on the task (per-task weight masks), which
+        therefore need the task id at test time."""
+
+    def report(self, task: int, evaluate: Evaluator) -> dict[str, float]:
+        """Numbers the method measured on `task` (a ticket's sparsity, its accuracy via
+        `evaluate(model)`), called after the task's evaluation; the experiment logs them to
+        metrics.jsonl and summary.json."""
+        return {}
 
     @classmethod
     def overrides(cls, hook: str) -> bool:
