@@ -11,6 +11,7 @@ from .mas import MAS
 from .naive import Naive
 from .replay import Replay
 from .si import SI
+from .spg import SPG
 
 __all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "SI", "Joint", "L2", "LwF", "Naive",
-           "Replay"]
+           "Replay", "SPG"]

@@ -1,0 +1,186 @@
+"""Soft-masking of parameter-level gradient flow, SPG (Konishi, Kim, Liu et al., ICML 2023).
+
+After task t, every shared parameter gets an importance in [0, 1], measured on the task's own
+training data with the model in train mode (dropout on, as in the paper):
+
+- for the task's head, the gradient of its cross-entropy loss;
+- for every older task k < t, the gradient of the plain *sum of logits* of head k (no labels:
+  how much the old heads' outputs move with the parameter);
+- each gradient tensor (weights and biases separately) becomes γ = |tanh(z-score(g))|, the z-score
+  taken within the tensor; the task's mask is the element-wise max over heads, and the running
+  importance a ← max(a, m_t) keeps the largest value any task gave.
+
+While a later task trains, each shared parameter's gradient is multiplied by (1 − a), and the
+output layer's by the scalar 1 − mean(a) over all shared parameters. The first task is unmasked.
+
+`mask="step"` scales the *update* θ_new − θ_old instead of the gradient. Under plain SGD the two
+are the same; under Adam a constant gradient scale cancels in m/√v, so gradient masking barely
+protects and step masking is the variant that does (the paper trains with SGD).
+
+Scenarios: made for task-incremental learning with one head per task. In domain- and
+class-incremental learning the output layer is shared; its rows are scaled like a head, which
+cannot stop the new task's cross-entropy from pushing the old classes' logits down, so in
+class-incremental learning SPG alone forgets about as much as fine-tuning (pair it with replay).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.batch import Batch, BatchLike
+from ..core.config import Config, option
+from ..core.method import TRANSFORM, Method
+from ..core.registry import register_method
+from ..errors import ConfigError
+from ..functional import gradients_of
+
+
+@dataclasses.dataclass
+class SPGConfig(Config):
+    mask: Literal["gradient", "step"] = option(
+        "gradient", "scale the gradient (paper, for SGD) or the optimizer's step (for Adam)")
+    head: str = option("auto", "name of the output layer whose rows are the heads (auto: the "
+                       "model's `head` module, else its last Linear layer)")
+    importance_samples: int | None = option(
+        None, "samples of the task used for the importance (None: all)", low=1)
+    importance_batch_size: int = option(128, "mini-batch size for the importance gradients",
+                                        low=1)
+
+
+def output_layer(model: nn.Module, name: str = "auto") -> tuple[str, nn.Module]:
+    """The layer that holds the output units: `name`, the model's `head`, or its last Linear."""
+    modules = dict(model.named_modules())
+    if name != "auto":
+        if name not in modules:
+            raise ConfigError(f"the model has no module '{name}'; its modules are: "
+                              f"{', '.join(n for n in modules if n)}")
+        return name, modules[name]
+    if isinstance(getattr(model, "head", None), nn.Module):
+        return "head", model.head
+    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError("cannot find the output layer (no `head` module, no nn.Linear); "
+                          "name it with head=...")
+    return linears[-1]
+
+
+def tanh_zscore(gradient: Tensor) -> Tensor:
+    """|tanh((g − mean g) / std g)| within one tensor; zeros where g is constant."""
+    centred = gradient - gradient.mean()
+    std = centred.square().mean().sqrt()
+    if std == 0 or not torch.isfinite(std):
+        return torch.zeros_like(gradient)
+    return torch.tanh(centred / std).abs()
+
+
+@register_method
+class SPG(Method):
+    name = "spg"
+    description = "parameter-level soft-masking: gradients scaled by 1 − importance"
+    Config = SPGConfig
+    needs_task_boundaries = True
+    gradient_stage = TRANSFORM
+    state_attrs = ("importance",)
+
+    def __init__(self, config: SPGConfig | dict | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.importance: list[Tensor] | None = None  # a, one tensor per shared parameter
+
+    def on_attach(self) -> None:
+        _, layer = output_layer(self.model, self.config.head)
+        head_ids = {id(p) for p in layer.parameters()}
+        self.is_head = [id(p) in head_ids for p in self.params]
+        if all(self.is_head) or not any(self.is_head):
+            raise ConfigError("spg needs shared layers and an output layer among the trainable "
+                              "parameters; name the output layer with head=...")
+        self.shared = [p for p, h in zip(self.params, self.is_head) if not h]
+        self.heads = [p for p, h in zip(self.params, self.is_head) if h]
+        self._before: list[Tensor] | None = None
+
+    # --- training: scale gradients (or steps) ------------------------------------------------
+    def head_scale(self) -> float:
+        """1 − mean importance over all shared parameters."""
+        total = sum(a.sum() for a in self.importance)
+        return 1.0 - float(total) / sum(a.numel() for a in self.importance)
+
+    @torch.no_grad()
+    def transform_grads(self) -> None:
+        if self.importance is None:
+            return
+        if self.config.mask == "step":
+            if self._before is None:
+                self._before = [torch.empty_like(p) for p in self.params]
+            torch._foreach_copy_(self._before, self.params)
+            return
+        keep = torch._foreach_neg(self.importance)
+        torch._foreach_add_(keep, 1.0)
+        grads = gradients_of(self.shared)
+        torch._foreach_mul_(grads, keep)
+        torch._foreach_mul_(gradients_of(self.heads), self.head_scale())
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.importance is None or self.config.mask != "step":
+            return
+        # θ ← θ_old + (1 − a)(θ − θ_old) = θ − a(θ − θ_old)
+        before_shared = [b for b, h in zip(self._before, self.is_head) if not h]
+        before_heads = [b for b, h in zip(self._before, self.is_head) if h]
+        step = torch._foreach_sub(self.shared, before_shared)
+        torch._foreach_mul_(step, self.importance)
+        torch._foreach_sub_(self.shared, step)
+        head_step = torch._foreach_sub(self.heads, before_heads)
+        torch._foreach_mul_(head_step, 1.0 - self.head_scale())
+        torch._foreach_sub_(self.heads, head_step)
+
+    # --- consolidation -------------------------------------------------------------------------
+    def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
+        mask = self.task_mask(task, data)
+        self.importance = mask if self.importance is None else torch._foreach_maximum(
+            self.importance, mask)
+
+    def task_mask(self, task: int, data: Batch | Iterable[BatchLike]) -> list[Tensor]:
+        """m_t: max over heads of |tanh(z-score)| of each head's accumulated gradient."""
+        sums = self.head_gradient_sums(task, data)
+        mask = [tanh_zscore(g) for g in sums[0]]
+        for gradients in sums[1:]:
+            torch._foreach_maximum_(mask, [tanh_zscore(g) for g in gradients])
+        return mask
+
+    def head_gradient_sums(self, task: int, data: Batch | Iterable[BatchLike]
+                           ) -> list[list[Tensor]]:
+        """Per head (current task first, then older tasks), the shared parameters' gradient
+        summed over the task's mini-batches."""
+        cfg = self.config
+        older = self._older_heads(task)
+        sums = [[torch.zeros_like(p) for p in self.shared] for _ in range(1 + len(older))]
+        was_training = self.model.training
+        self.model.train()  # dropout on, as in the paper
+        try:
+            for batch in self.batches(data, cfg.importance_batch_size,
+                                      limit=cfg.importance_samples):
+                with torch.enable_grad():
+                    output = self.model(batch.x)
+                    terms = [F.cross_entropy(self.readout.select(output, batch.task_ids),
+                                             batch.y)]
+                    terms += [output[:, units].sum() for units in older]
+                    for i, term in enumerate(terms):
+                        found = torch.autograd.grad(term, self.shared, allow_unused=True,
+                                                    retain_graph=i + 1 < len(terms))
+                        torch._foreach_add_(sums[i], [torch.zeros_like(p) if g is None else g
+                                                      for p, g in zip(self.shared, found)])
+        finally:
+            self.model.train(was_training)
+        return sums
+
+    def _older_heads(self, task: int) -> list[list[int] | slice]:
+        """The output units of each task before `task` (the heads whose logits are summed)."""
+        if self.readout.kind in ("none", "domain"):  # one head shared by every task
+            return [slice(None)] if task > 0 else []
+        table = self.readout.task_units
+        return [table[k] for k in range(min(task, len(table)))]
