@@ -9,9 +9,10 @@ from .l2 import L2
 from .lwf import LwF
 from .mas import MAS
 from .naive import Naive
+from .ncl import NCL
 from .replay import Replay
 from .si import SI
 from .spg import SPG
 
-__all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "SI", "Joint", "L2", "LwF", "Naive",
+__all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "NCL", "SI", "Joint", "L2", "LwF", "Naive",
            "Replay", "SPG"]
