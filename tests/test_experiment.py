@@ -98,3 +98,21 @@ def test_protocol_defaults_depend_on_the_scenario_and_yield_to_the_user() -> Non
     cfg, method = prepare(RunConfig(benchmark="split-mnist", scenario="class", method="ewc",
                                     method_params={"ewc": {"lambda": 3}}))
     assert cfg.method_params["ewc"]["lambda"] == 3.0 and method.config.lambda_ == 3.0
+
+
+def test_method_reports_reach_metrics_and_summary(tmp_path) -> None:
+    config = RunConfig.from_dict({**FAST, "method": "l1", "scenario": "task",
+                                  "benchmark_params": {"classes_per_task": 5}})
+    result = run_experiment(config, tmp_path, progress=False)
+    assert len(result.method_reports) == 2
+    for report in result.method_reports:
+        assert 0 < report["ticket_sparsity"] < 1
+        assert 0 <= report["ticket_accuracy"] <= 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["method_reports"] == result.method_reports
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [line for line in lines if line["event"] == "method"]
+    assert [line["task"] for line in logged] == [0, 1]
+    assert logged[1]["ticket_accuracy"] == result.method_reports[1]["ticket_accuracy"]
+    # the task's full model is what the accuracy matrix measured
+    assert result.method_reports[1]["full_accuracy"] == result.accuracy_matrix[1][1]

@@ -5,6 +5,7 @@ from .der import DER, DERPP
 from .ewc import EWC
 from .gem import GEM
 from .joint import Joint
+from .l1 import L1
 from .l2 import L2
 from .lwf import LwF
 from .mas import MAS
@@ -14,5 +15,5 @@ from .replay import Replay
 from .si import SI
 from .spg import SPG
 
-__all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "NCL", "SI", "Joint", "L2", "LwF", "Naive",
+__all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "NCL", "SI", "Joint", "L1", "L2", "LwF", "Naive",
            "Replay", "SPG"]
