@@ -58,12 +58,13 @@ def kd(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
     return (p * (p.log() - F.log_softmax(student / T, dim=-1))).sum(-1).mean() * T * T
 
 
+@pytest.mark.parametrize("weighting", ["constant", "tasks"])
 @pytest.mark.parametrize("kind", ["task", "domain", "class"])
-def test_lwf_distils_the_old_tasks_outputs(kind: str) -> None:
+def test_lwf_distils_the_old_tasks_outputs(kind: str, weighting: str) -> None:
     scenario = toy_scenario(kind, num_classes=6)  # three tasks of two classes
     readout = scenario.readout
     model = tiny_mlp(outputs=scenario.num_outputs)
-    method = LwF(alpha=0.7, temperature=2.0).attach(
+    method = LwF(alpha=0.7, temperature=2.0, weighting=weighting).attach(
         model, torch.optim.SGD(model.parameters(), 0.1), readout, seed=0)
     for task in (0, 1, 2):
         readout.begin_task(task)
@@ -86,6 +87,8 @@ def test_lwf_distils_the_old_tasks_outputs(kind: str) -> None:
         expected = kd(output[:, units], old[:, units], 2.0)
     else:
         expected = kd(output, old, 2.0)
+    if weighting == "tasks" and kind != "class":  # van de Ven: × the 2 old tasks
+        expected = 2 * expected
     got = method.penalty(batch, output)
     torch.testing.assert_close(got, 0.7 * expected)
     params = list(model.parameters())

@@ -85,6 +85,26 @@ def test_replay_appends_an_equal_batch_from_memory_and_keeps_the_new_rows_first(
     assert all(tuple(r.tolist()) in stored for r in out.x[8:])
 
 
+def test_replay_task_weighting_gives_the_new_batch_one_over_t() -> None:
+    model = tiny_mlp()
+    method = Replay(memory_size=50, weighting="tasks").attach(model, None, seed=0)
+    assert method.needs_task_boundaries
+    method.before_task(0)
+    method.prepare_batch(Batch(torch.randn(12, 8), torch.randint(0, 4, (12,))))
+    method.before_task(3)  # the 4th task: new 1/4, replayed 3/4
+    new = Batch(torch.randn(8, 8), torch.randint(0, 4, (8,)))
+    out = method.prepare_batch(new)
+    logits = model(out.x)
+    expected = (0.25 * F.cross_entropy(logits[:8], out.y[:8])
+                + 0.75 * F.cross_entropy(logits[8:], out.y[8:]))
+    torch.testing.assert_close(out.loss(logits), expected)
+    torch.testing.assert_close(method.task_loss(out), expected)
+    uniform = Replay(memory_size=50).attach(tiny_mlp(), None, seed=0)
+    uniform.prepare_batch(Batch(torch.randn(12, 8), torch.randint(0, 4, (12,))))
+    out = uniform.prepare_batch(new)
+    assert "loss_weight" not in out.extras and not uniform.needs_task_boundaries
+
+
 def test_class_balanced_replay_fills_at_task_end() -> None:
     scenario = toy_scenario("class")
     method = Replay(buffer="class-balanced", memory_per_class=3).attach(tiny_mlp(), None, seed=0)

@@ -64,7 +64,7 @@ def test_kfac_is_exact_for_one_sample_and_matches_per_sample_factors(kind: str) 
         for i in range(len(x)):
             inputs, outputs = [], []
 
-            def keep(module, args, out):
+            def keep(module, args, out, inputs=inputs, outputs=outputs):
                 inputs.append(args[0])
                 outputs.append(out)
 

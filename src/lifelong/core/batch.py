@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -19,7 +20,8 @@ class Batch:
     `stream_size` is the number of leading samples that came from the data stream; methods that
     append memory samples (replay) keep it, so later hooks know which rows are new. `extras` holds
     per-sample tensors a method stores alongside (e.g. DER's logits); every tensor's first
-    dimension is the batch.
+    dimension is the batch. `extras["loss_weight"]`, when a method sets it, weighs each sample's
+    loss (the weights sum to 1); `loss()` honours it.
     """
 
     x: Tensor
@@ -47,6 +49,13 @@ class Batch:
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return Batch(pick(self.x), pick(self.y), pick(self.task_ids),
                      {k: pick(v) for k, v in self.extras.items()})
+
+    def loss(self, logits: Tensor) -> Tensor:
+        """Cross-entropy of `logits` against `y`: the mean, or the `loss_weight`-weighted sum."""
+        weight = self.extras.get("loss_weight")
+        if weight is None:
+            return F.cross_entropy(logits, self.y)
+        return (F.cross_entropy(logits, self.y, reduction="none") * weight).sum()
 
     def with_task_ids(self, task: int) -> Batch:
         if self.task_ids is not None:

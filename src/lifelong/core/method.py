@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -207,7 +206,7 @@ class Method:
         return self.readout.select(self.model(batch.x), batch.task_ids)
 
     def task_loss(self, batch: Batch) -> Tensor:
-        return F.cross_entropy(self.forward(batch), batch.y)
+        return batch.loss(self.forward(batch))
 
     def loss_gradients(self, batch: Batch, params: list[Tensor]) -> list[Tensor]:
         """∇ of the task loss on `batch` for `params`, without touching their `.grad` (zeros

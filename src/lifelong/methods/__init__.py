@@ -7,6 +7,7 @@ from .gem import GEM
 from .joint import Joint
 from .l1 import L1
 from .l2 import L2
+from .lottery import Lottery
 from .lwf import LwF
 from .mas import MAS
 from .naive import Naive
@@ -15,5 +16,21 @@ from .replay import Replay
 from .si import SI
 from .spg import SPG
 
-__all__ = ["AGEM", "DER", "DERPP", "EWC", "GEM", "MAS", "NCL", "SI", "Joint", "L1", "L2", "LwF", "Naive",
-           "Replay", "SPG"]
+__all__ = [
+    "AGEM",
+    "DER",
+    "DERPP",
+    "EWC",
+    "GEM",
+    "Joint",
+    "L1",
+    "L2",
+    "Lottery",
+    "LwF",
+    "MAS",
+    "NCL",
+    "Naive",
+    "Replay",
+    "SI",
+    "SPG",
+]

@@ -4,12 +4,16 @@ Before task t ≥ 1, a frozen copy of the model becomes the teacher. Training ad
 α · T² · KL(softmax(z_old/T) || softmax(z_new/T)) on the current inputs, over the units of the old
 tasks: in task-incremental learning one distillation per old head (averaged over heads); in
 domain- and class-incremental learning one over all the old tasks' units together.
+
+`weighting="tasks"` multiplies α by the number of old tasks in task- and domain-incremental
+learning (so task-IL sums the heads' distillations instead of averaging them), as van de Ven et
+al.'s code does for their 2022 comparison; class-incremental learning is not scaled.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +30,8 @@ from ..functional import distillation_loss
 class LwFConfig(Config):
     alpha: float = option(1.0, "weight α of the distillation loss", low=0)
     temperature: float = option(2.0, "softmax temperature T", low=0, low_open=True)
+    weighting: Literal["constant", "tasks"] = option(
+        "constant", "α as given, or α × old tasks in task-/domain-IL (van de Ven et al. 2022)")
 
 
 @register_method
@@ -79,7 +85,10 @@ class LwF(Method):
         else:
             student, teacher = output, target
         padded = self._heads is not None and bool(self._padded)
-        return self.config.alpha * distillation_loss(student, teacher, self.config.temperature,
+        alpha = self.config.alpha
+        if self.config.weighting == "tasks" and self.readout.kind != "class":
+            alpha *= self.task
+        return alpha * distillation_loss(student, teacher, self.config.temperature,
                                                      padded=padded)
 
     def state_dict(self) -> dict[str, Any]:

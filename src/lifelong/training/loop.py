@@ -2,7 +2,7 @@
 
     batch  = method.prepare_batch(batch)                       # replay: add memory samples
     output = model(batch.x)                                    # all output units
-    loss   = CE(readout(output, task ids), y) + method.penalty(batch, output)
+    loss   = CE(readout(output, task ids), y) + method.penalty(batch, output)  # batch.loss
     loss.backward(); optimizer.step()                          # step hooks: method.transform_grads
                                                                # before, method.after_step after
 Hooks a method does not implement are not called at all, so `naive` runs the plain loop.
@@ -15,7 +15,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.batch import Batch
@@ -82,7 +81,7 @@ def train_task(
         if prepare is not None:
             batch = prepare(batch)
         output = model(batch.x)
-        loss = F.cross_entropy(readout.select(output, batch.task_ids), batch.y)
+        loss = batch.loss(readout.select(output, batch.task_ids))
         if penalty is not None:
             term = penalty(batch, output)
             if term is not None:
