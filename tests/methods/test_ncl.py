@@ -116,14 +116,16 @@ def dense_precision(method, index: int) -> torch.Tensor:
     return torch.kron(f["A"], f["G"]).double()
 
 
-def test_ncl_precision_penalty_and_preconditioned_step() -> None:
+@pytest.mark.parametrize("alpha", [0.0, 0.05])
+def test_ncl_precision_penalty_and_preconditioned_step(alpha: float) -> None:
     scenario = toy_scenario("task")
     readout = scenario.readout
     model = tiny_mlp()
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=0.1)
     lam, size = 3.0, 40
-    method = NCL(lambda_=lam, data_size=size).attach(model, optimizer, readout, seed=0)
+    method = NCL(lambda_=lam, data_size=size, alpha=alpha).attach(model, optimizer, readout,
+                                                                  seed=0)
 
     # first task: Λ = I/N, so the step is the gradient plus the prior's pull λθ/N
     grads = [torch.randn_like(p) for p in params]
@@ -150,9 +152,14 @@ def test_ncl_precision_penalty_and_preconditioned_step() -> None:
     method.transform_grads()
     for index, layer in enumerate((model[0], model[2])):
         precision = dense_precision(method, index)
+        f = method.factors[index]
+        damped = nearest_kronecker_sum(
+            KroneckerFactors(f["A"], f["G"]),
+            KroneckerFactors(alpha * torch.eye(len(f["A"])), alpha * torch.eye(len(f["G"]))))
+        damped = torch.kron(damped.A, damped.G).double() if alpha else precision
         delta = vec(weight_matrix(layer).detach() - method.block_means[index]).double()
         g = vec(weight_matrix(layer, grads[2 * index], grads[2 * index + 1])).double()
-        step = torch.linalg.solve(precision, g + lam * precision @ delta) / size
+        step = torch.linalg.solve(damped, g + lam * precision @ delta) / size
         got = vec(weight_matrix(layer, layer.weight.grad, layer.bias.grad)).double()
         torch.testing.assert_close(got, step, rtol=2e-3, atol=1e-6)
     penalty = sum(

@@ -12,8 +12,11 @@ the step is the plain gradient. After task t, with F_t the task's Fisher (mean o
 
 `fisher="kfac"` (the paper's): per Linear/Conv2d layer Λ is one Kronecker product A ⊗ G, kept so by
 the nearest Kronecker sum when F_t is added (`functional.kfac.nearest_kronecker_sum`); the step is
-G⁻¹ ∇W̄ A⁻¹ / N with the damping α added the same way (as in van de Ven's code); parameters outside
-such layers (norms, embeddings) use the diagonal form. `fisher="diagonal"`: Λ is a vector, the step
+G⁻¹ ∇W̄ A⁻¹ / N, with an optional damping α·I ⊗ α·I added by the same nearest Kronecker sum (van
+de Ven's code; their α = 1e-10 is below float32 resolution, and the prior already keeps Λ
+invertible, so α = 0 by default, which saves two of the four matrix products per layer and step).
+On the first task Λ is the prior and the step is g + λθ/N exactly. Parameters outside Linear and
+Conv2d layers (norms, embeddings) use the diagonal form. `fisher="diagonal"`: Λ is a vector, the step
 ∇ / ((Λ + α²) N). `trust_region=r` scales the step δ = lr · (preconditioned gradient) so that
 sqrt(δᵀΛδ) ≤ r: exact for plain SGD, an approximation for optimizers that reshape the step.
 `precondition=False` leaves the gradient alone (KFAC-EWC).
@@ -55,7 +58,8 @@ class NCLConfig(Config):
         "true", "labels in the Fisher: true labels, all classes weighted by p(y|x), or sampled")
     data_size: int | None = option(
         None, "N: prior precision 1/N and step scale 1/N (None: the first task's size)", low=1)
-    alpha: float = option(1e-10, "damping α added to the precision before inverting it", low=0)
+    alpha: float = option(0.0, "damping α added to the precision before inverting it (the "
+                          "prior keeps Λ invertible without it)", low=0)
     gamma: float = option(1.0, "decay of the old precision: Λ ← γΛ + F_t", low=0, high=1)
     precondition: bool = option(True, "precondition the gradient by Λ⁻¹/N (False: KFAC-EWC)")
     trust_region: float | None = option(
@@ -73,7 +77,8 @@ class NCL(Method):
     Config = NCLConfig
     needs_task_boundaries = True
     gradient_stage = TRANSFORM  # preconditions the full gradient, penalties of others included
-    state_attrs = ("data_size", "factors", "block_means", "diag_precision", "diag_means")
+    state_attrs = ("data_size", "factors", "block_means", "diag_precision", "diag_means",
+                   "_tasks_seen")
 
     def __init__(self, config: NCLConfig | dict | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -82,6 +87,7 @@ class NCL(Method):
         self.block_means: list[Tensor] | None = None  # μ per layer, as W̄ = [W, b]
         self.diag_precision: list[Tensor] | None = None  # Λ of the other parameters
         self.diag_means: list[Tensor] | None = None
+        self._tasks_seen = 0  # tasks consolidated into Λ (0: Λ is the prior)
 
     def on_attach(self) -> None:
         own = {id(p) for p in self.params}
@@ -137,22 +143,27 @@ class NCL(Method):
     def transform_grads(self) -> None:
         self._ensure_prior()
         cfg = self.config
-        steps: list[Tensor] = []  # preconditioned gradients, for the trust region
-        for layer, f, mean, inverse in zip(self.layers, self.factors, self.block_means,
-                                           self._damped_inverses() if cfg.precondition else
-                                           [None] * len(self.layers)):
-            if layer.weight.grad is None:
-                layer.weight.grad = torch.zeros_like(layer.weight)
-            if layer.bias is not None and layer.bias.grad is None:
-                layer.bias.grad = torch.zeros_like(layer.bias)
-            grad = weight_matrix(layer, layer.weight.grad, layer.bias.grad if layer.bias
-                                 is not None else None)
-            if cfg.lambda_:
-                delta = weight_matrix(layer).detach() - mean
-                grad = grad + cfg.lambda_ * (f["G"] @ delta @ f["A"])  # ∇ of λ/2 ΔᵀΛΔ
-            if inverse is not None:
+        prior_only = self._tasks_seen == 0  # Λ = I/N, μ = 0: the step is g + λθ/N
+        exact = cfg.alpha == 0  # then Λ⁻¹(λΛΔ) = λΔ without the two products
+        steps: list[Tensor] = []  # the layers' new gradients, for the trust region
+        inverses = (self._damped_inverses() if cfg.precondition and not prior_only
+                    else [None] * len(self.layers))
+        for layer, f, mean, inverse in zip(self.layers, self.factors, self.block_means, inverses):
+            gradients_of([p for p in (layer.weight, layer.bias) if p is not None])
+            grad = weight_matrix(layer, layer.weight.grad,
+                                 None if layer.bias is None else layer.bias.grad)
+            delta = weight_matrix(layer).detach() - mean
+            if prior_only:
+                grad = grad + cfg.lambda_ / self.data_size * delta
+            elif inverse is None:  # no preconditioning: g + λ GΔA, the penalty's gradient
+                grad = grad + cfg.lambda_ * (f["G"] @ delta @ f["A"])
+            else:
                 a_inv, g_inv = inverse
-                grad = g_inv @ grad @ a_inv / self.data_size
+                if exact:
+                    grad = (g_inv @ grad @ a_inv + cfg.lambda_ * delta) / self.data_size
+                else:
+                    grad = grad + cfg.lambda_ * (f["G"] @ delta @ f["A"])
+                    grad = g_inv @ grad @ a_inv / self.data_size
             weight, bias = split_weight_matrix(layer, grad)
             layer.weight.grad.copy_(weight)
             if bias is not None:
@@ -165,7 +176,7 @@ class NCL(Method):
                 delta = torch._foreach_sub(diag, self.diag_means)
                 torch._foreach_mul_(delta, self.diag_precision)
                 torch._foreach_add_(grads, delta, alpha=cfg.lambda_)
-            if cfg.precondition:
+            if cfg.precondition and not prior_only:
                 scale = torch._foreach_add(self.diag_precision, cfg.alpha ** 2)
                 torch._foreach_mul_(scale, float(self.data_size))
                 torch._foreach_div_(grads, scale)
@@ -220,6 +231,7 @@ class NCL(Method):
                 self.diag_precision[slot] = (cfg.gamma * self.diag_precision[slot]
                                              + fisher[self.param_names[i]])
             self.diag_means = [self.params[i].detach().clone() for i in self.diag_index]
+        self._tasks_seen += 1
         self._inverses = None
 
     def _fisher_batches(self, data: Batch | Iterable[BatchLike]) -> list[Batch]:
