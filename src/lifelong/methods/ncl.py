@@ -16,8 +16,8 @@ G⁻¹ ∇W̄ A⁻¹ / N, with an optional damping α·I ⊗ α·I added by the 
 de Ven's code; their α = 1e-10 is below float32 resolution, and the prior already keeps Λ
 invertible, so α = 0 by default, which saves two of the four matrix products per layer and step).
 On the first task Λ is the prior and the step is g + λθ/N exactly. Parameters outside Linear and
-Conv2d layers (norms, embeddings) use the diagonal form. `fisher="diagonal"`: Λ is a vector, the step
-∇ / ((Λ + α²) N). `trust_region=r` scales the step δ = lr · (preconditioned gradient) so that
+Conv2d layers (norms, embeddings) use the diagonal form. `fisher="diagonal"`: Λ is a vector, the
+step ∇ / ((Λ + α²) N). `trust_region=r` scales the step δ = lr · (preconditioned gradient) so that
 sqrt(δᵀΛδ) ≤ r: exact for plain SGD, an approximation for optimizers that reshape the step.
 `precondition=False` leaves the gradient alone (KFAC-EWC).
 """
