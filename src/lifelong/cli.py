@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", required=True, help="comma-separated, e.g. naive,ewc,replay")
     compare.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     compare.add_argument("--jobs", "-j", type=int, default=1, help="parallel processes")
+    compare.add_argument("--resume", action="store_true",
+                         help="keep finished runs in --out whose configuration is the same")
     compare.add_argument("--out", required=True, help="output folder")
     _add_training_flags(compare)
 
@@ -260,7 +262,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     seeds = _int_list(args.seeds, "--seeds")
     settings = base_settings(args)
     comparison = run_grid(settings, methods, seeds, args.settings, Path(args.out),
-                          jobs=args.jobs, progress=not args.quiet)
+                          jobs=args.jobs, progress=not args.quiet, resume=args.resume)
     _console().print(comparison_table(comparison))
     print(f"wrote {args.out}/comparison.json and one folder per run")
     return 0

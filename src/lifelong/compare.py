@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
+import json
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from ._version import __version__
 from .errors import ConfigError
@@ -62,17 +64,38 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
     return plan
 
 
+def finished_summary(directory: str | Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of a run already in `directory` with exactly this configuration, or None."""
+    directory = Path(directory)
+    if not (directory / "summary.json").is_file() or not (directory / "config.yaml").is_file():
+        return None
+    wanted = yaml.safe_load(yaml.safe_dump({"lifelong_version": __version__, **config}))
+    if yaml.safe_load((directory / "config.yaml").read_text()) != wanted:
+        return None
+    return json.loads((directory / "summary.json").read_text())
+
+
 def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[int],
              set_pairs: Sequence[str], out: Path, *, jobs: int = 1,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Run every method with every seed into `out/METHOD/seedN/`, then write
-    `out/comparison.json` with each metric's mean ± std (sample std over seeds) per method."""
+    `out/comparison.json` with each metric's mean ± std (sample std over seeds) per method.
+
+    `resume=True` keeps the finished runs whose folder holds the same configuration."""
     plan = plan_grid(settings, methods, seeds, set_pairs)
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
     directories = {(m, s): str(out / m / f"seed{s}") for m, s, _ in plan}
+    if resume:
+        for method, seed, config in plan:
+            done = finished_summary(directories[(method, seed)], config)
+            if done is not None:
+                summaries[(method, seed)] = done
+        plan_to_run = [item for item in plan if (item[0], item[1]) not in summaries]
+    else:
+        plan_to_run = plan
     if jobs == 1:
-        for index, (method, seed, config) in enumerate(plan):
-            label = f"[{index + 1}/{len(plan)}] {method} seed {seed} · "
+        for index, (method, seed, config) in enumerate(plan_to_run):
+            label = f"[{index + 1}/{len(plan_to_run)}] {method} seed {seed} · "
             summaries[(method, seed)] = _run_one(config, directories[(method, seed)], None,
                                                  progress, label)
     else:
@@ -80,7 +103,7 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
         context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
         with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             pending = {pool.submit(_run_one, config, directories[(m, s)], threads, False, ""):
-                       (m, s) for m, s, config in plan}
+                       (m, s) for m, s, config in plan_to_run}
             with _GridProgress(progress, len(pending)) as bar:
                 for done in futures.as_completed(pending):
                     summaries[pending[done]] = done.result()

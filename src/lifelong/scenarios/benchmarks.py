@@ -103,12 +103,18 @@ def _mnist(data_dir: str | None) -> Any:
 
 # Van de Ven et al. (2022) and their code (GMvandeVen/continual-learning, params/param_values.py):
 # Split MNIST: MLP 400-400, Adam 1e-3, 2000 iterations of 128 per task, 100 samples per class in
-# memory, EWC λ 1e5 / 1e10 / 1e9 and SI c 10 / 5e4 / 5e3 for task / domain / class; Permuted
-# MNIST: 1000-1000, Adam 1e-4, 5000 iterations of 256 per task.
+# memory, EWC λ 1e5 / 1e10 / 1e9 and SI c 10 / 5e4 / 5e3 for task / domain / class, replay's loss
+# weighted 1/t new and 1 − 1/t replayed, LwF's distillation × old tasks; Permuted MNIST:
+# 1000-1000, Adam 1e-4, 5000 iterations of 256 per task. Methods outside their comparison get the
+# same memory budget (1000 samples, 200 per task).
 _VAN_DE_VEN_SPLIT = Protocol(
     hidden=(400, 400), batch_size=128, lr=1e-3, iterations=2000,
-    method_params={"replay": {"buffer": "class-balanced", "memory_per_class": 100},
-                   "agem": {"memory_per_class": 100}},
+    method_params={"replay": {"buffer": "class-balanced", "memory_per_class": 100,
+                              "weighting": "tasks"},
+                   "agem": {"memory_per_class": 100},
+                   "lwf": {"weighting": "tasks"},
+                   "der": {"memory_size": 1000}, "derpp": {"memory_size": 1000},
+                   "gem": {"memory_per_task": 200}},
     scenario_method_params={"task": {"ewc": {"lambda": 1e5}, "si": {"c": 10.0}},
                             "domain": {"ewc": {"lambda": 1e10}, "si": {"c": 5e4}},
                             "class": {"ewc": {"lambda": 1e9}, "si": {"c": 5e3}}})

@@ -1,0 +1,176 @@
+"""Split MNIST in the three scenarios of van de Ven, Tuytelaars & Tolias (2022), every method.
+
+Protocol (METHODS.md; `lifelong list` shows it as the split-mnist defaults): 5 tasks of 2 digits,
+MLP 784-400-400, Adam lr 1e-3, 2000 iterations of batch 128 per task, 100 stored samples per class,
+the authors' EWC λ and SI c per scenario. Real MNIST from $LIFELONG_DATA (../shared/data/mnist).
+
+    python benchmarks/split_mnist_three_scenarios.py --out runs/three-scenarios --jobs 2
+
+writes, under --out: SCENARIO/METHOD/seedN/ (one run each; finished runs are kept on a restart),
+SCENARIO/comparison.json, results.json, table.md (accuracy next to the published figure,
+forgetting, and seconds relative to naive in the same grid) and accuracy_over_tasks.png (the
+average accuracy over the tasks seen so far after each task, one panel per scenario).
+
+Timings: each run's wall-clock seconds divided by naive's of the same seed and scenario. With
+--jobs 2 two runs share the machine (one thread each), so compare ratios, not absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lifelong.compare import run_grid
+from lifelong.rundir import atomic_write_text, write_json
+
+SCENARIOS = ("task", "domain", "class")
+METHODS = ("naive", "joint", "ewc", "si", "lwf", "replay", "agem", "derpp", "spg", "gem", "ncl")
+ONLY = {"spg": ("task",)}  # SPG is a task-incremental method (multi-head)
+
+# Final average accuracy over the 5 tasks, read from van de Ven et al. (2022), as METHODS.md
+# lists them (approximate).
+PUBLISHED: dict[str, dict[str, float]] = {
+    "task": {"naive": 0.84, "ewc": 0.99, "si": 0.99, "replay": 0.99, "joint": 0.99},
+    "domain": {"naive": 0.60, "ewc": 0.62, "si": 0.68, "lwf": 0.72, "replay": 0.94,
+               "joint": 0.98},
+    "class": {"naive": 0.20, "ewc": 0.21, "si": 0.21, "lwf": 0.22, "replay": 0.90,
+              "joint": 0.98},
+}
+
+
+def average_accuracy_curve(matrix: list[list[float]]) -> list[float]:
+    """After task i: mean accuracy over tasks 0..i."""
+    return [float(np.mean(row[: i + 1])) for i, row in enumerate(matrix)]
+
+
+def collect(comparison: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method: ACC and forgetting (mean, std), the curve, seconds relative to naive."""
+    runs = comparison["runs"]
+    naive_seconds = {r["seed"]: r["seconds"] for r in runs if r["method"] == "naive"}
+    out: dict[str, dict[str, Any]] = {}
+    for method, stats in comparison["methods"].items():
+        mine = [r for r in runs if r["method"] == method]
+        curves = np.array([average_accuracy_curve(r["accuracy_matrix"]) for r in mine])
+        ratios = [r["seconds"] / naive_seconds[r["seed"]] for r in mine
+                  if r["seed"] in naive_seconds]
+        out[method] = {
+            "acc": stats["acc"]["mean"], "acc_std": stats["acc"]["std"],
+            "forgetting": stats["forgetting"]["mean"], "forgetting_std": stats["forgetting"]["std"],
+            "curve": curves.mean(0).tolist(), "curve_std": curves.std(0).tolist(),
+            "seconds": stats["seconds"]["mean"],
+            "relative_seconds": float(np.mean(ratios)) if ratios else None,
+            "seeds": len(mine),
+        }
+    return out
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    scenarios = [s for s in SCENARIOS if s in results]
+    methods = list(dict.fromkeys(m for s in scenarios for m in results[s]))
+    lines = ["| method | " + " | ".join(f"{s}-IL ACC (published)" for s in scenarios) + " | "
+             + " | ".join(f"{s}-IL forgetting" for s in scenarios) + " | "
+             + " | ".join(f"{s}-IL time ÷ naive" for s in scenarios) + " |",
+             "|---|" + "---:|" * (3 * len(scenarios))]
+    for method in methods:
+        acc, forgetting, time = [], [], []
+        for s in scenarios:
+            r = results[s].get(method)
+            if r is None:
+                acc.append("-")
+                forgetting.append("-")
+                time.append("-")
+                continue
+            published = PUBLISHED[s].get(method)
+            ref = f" ({published:.2f})" if published is not None else ""
+            acc.append(f"{r['acc']:.3f} ± {r['acc_std']:.3f}{ref}")
+            forgetting.append(f"{r['forgetting']:.3f} ± {r['forgetting_std']:.3f}")
+            time.append("-" if r["relative_seconds"] is None else f"{r['relative_seconds']:.2f}")
+        lines.append(f"| {method} | " + " | ".join(acc + forgetting + time) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def off_by_more_than(results: dict[str, dict[str, dict[str, Any]]], points: float) -> list[str]:
+    notes = []
+    for s, methods in results.items():
+        for method, r in methods.items():
+            published = PUBLISHED[s].get(method)
+            if published is not None and abs(r["acc"] - published) > points:
+                notes.append(f"{s}-IL {method}: {r['acc']:.3f} ± {r['acc_std']:.3f} "
+                             f"vs published {published:.2f}")
+    return notes
+
+
+def figure(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = [s for s in SCENARIOS if s in results]
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4), sharey=True)
+    axes = np.atleast_1d(axes)
+    colours = plt.get_cmap("tab20")
+    methods = list(dict.fromkeys(m for s in scenarios for m in results[s]))
+    for ax, s in zip(axes, scenarios):
+        for index, method in enumerate(methods):
+            r = results[s].get(method)
+            if r is None:
+                continue
+            x = np.arange(1, len(r["curve"]) + 1)
+            mean, std = np.array(r["curve"]), np.array(r["curve_std"])
+            ax.plot(x, mean, marker="o", label=method, color=colours(index))
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=colours(index))
+        ax.set_title(f"{s}-incremental")
+        ax.set_xlabel("tasks trained")
+        ax.set_xticks(range(1, 6))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("average accuracy over tasks seen")
+    axes[-1].legend(loc="lower left", fontsize=8, ncol=2)
+    fig.suptitle("Split MNIST (van de Ven et al. 2022 protocol), mean ± std over seeds")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/three-scenarios")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for scenario in args.scenarios.split(","):
+        chosen = [m for m in methods if scenario in ONLY.get(m, SCENARIOS)]
+        if "naive" not in chosen:
+            chosen.insert(0, "naive")  # the timing reference
+        comparison = run_grid({"benchmark": "split-mnist", "scenario": scenario,
+                               "data_dir": args.data_dir}, chosen, seeds, [], out / scenario,
+                              jobs=args.jobs, resume=True)
+        results[scenario] = collect(comparison)
+        write_json(out / "results.json", results)
+        print(f"{scenario}-IL done", file=sys.stderr)
+    text = table(results)
+    notes = off_by_more_than(results, 0.03)
+    text += "\nOff by more than 3 points from the published figure:\n" + (
+        "\n".join(f"- {n}" for n in notes) if notes else "- none") + "\n"
+    atomic_write_text(out / "table.md", text)
+    figure(results, out / "accuracy_over_tasks.png")
+    print(text)
+    print(json.dumps({"table": str(out / "table.md"),
+                      "figure": str(out / "accuracy_over_tasks.png")}))
+
+
+if __name__ == "__main__":
+    main()
