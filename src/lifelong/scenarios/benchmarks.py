@@ -114,7 +114,8 @@ _VAN_DE_VEN_SPLIT = Protocol(
                    "agem": {"memory_per_class": 100},
                    "lwf": {"weighting": "tasks"},
                    "der": {"memory_size": 1000}, "derpp": {"memory_size": 1000},
-                   "gem": {"memory_per_task": 200}},
+                   "gem": {"memory_per_task": 200},
+                   "lottery": {"round_steps": 400}},  # 3 rounds in 1200 steps, 800 for the ticket
     scenario_method_params={"task": {"ewc": {"lambda": 1e5}, "si": {"c": 10.0}},
                             "domain": {"ewc": {"lambda": 1e10}, "si": {"c": 5e4}},
                             "class": {"ewc": {"lambda": 1e9}, "si": {"c": 5e3}}})
@@ -127,7 +128,9 @@ BENCHMARKS: dict[str, Benchmark] = {
                   "seconds on a CPU)", SplitOptions, "task",
                   Protocol(hidden=(100, 100), batch_size=32, lr=1e-3, epochs=10,
                            method_params={"replay": {"memory_size": 200},
-                                          "agem": {"memory_size": 200}},
+                                          "agem": {"memory_size": 200},
+                                          # about 90 steps per task: 3 rounds in 60
+                                          "lottery": {"round_steps": 20}},
                            # EWC λ: best mean ACC of 1e2..1e6 over seeds 0-2 (docs/benchmarks.md)
                            scenario_method_params={"task": {"ewc": {"lambda": 1e2}},
                                                    "domain": {"ewc": {"lambda": 1e4}},
