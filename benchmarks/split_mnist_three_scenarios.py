@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from lifelong.rundir import atomic_write_text, write_json
 SCENARIOS = ("task", "domain", "class")
 METHODS = ("naive", "joint", "ewc", "si", "lwf", "replay", "agem", "derpp", "spg", "gem", "ncl")
 ONLY = {"spg": ("task",)}  # SPG is a task-incremental method (multi-head)
+# Rough cost relative to naive, only to start the longest runs first.
+EXPECTED_COST = {"ncl": 4.0, "gem": 3.0, "agem": 2.2, "derpp": 2.0, "replay": 1.6, "lwf": 1.5,
+                 "si": 1.2, "ewc": 1.2, "spg": 1.1, "joint": 1.1, "naive": 1.0}
 
 # Final average accuracy over the 5 tasks, read from van de Ven et al. (2022), as METHODS.md
 # lists them (approximate).
@@ -41,6 +45,12 @@ PUBLISHED: dict[str, dict[str, float]] = {
     "class": {"naive": 0.20, "ewc": 0.21, "si": 0.21, "lwf": 0.22, "replay": 0.90,
               "joint": 0.98},
 }
+
+
+def ordered(names: Iterable[str]) -> list[str]:
+    """Unique names in METHODS order (others last)."""
+    unique = list(dict.fromkeys(names))
+    return sorted(unique, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
 
 
 def average_accuracy_curve(matrix: list[list[float]]) -> list[float]:
@@ -71,7 +81,7 @@ def collect(comparison: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     scenarios = [s for s in SCENARIOS if s in results]
-    methods = list(dict.fromkeys(m for s in scenarios for m in results[s]))
+    methods = ordered(m for s in scenarios for m in results[s])
     lines = ["| method | " + " | ".join(f"{s}-IL ACC (published)" for s in scenarios) + " | "
              + " | ".join(f"{s}-IL forgetting" for s in scenarios) + " | "
              + " | ".join(f"{s}-IL time ÷ naive" for s in scenarios) + " |",
@@ -115,7 +125,7 @@ def figure(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4), sharey=True)
     axes = np.atleast_1d(axes)
     colours = plt.get_cmap("tab20")
-    methods = list(dict.fromkeys(m for s in scenarios for m in results[s]))
+    methods = ordered(m for s in scenarios for m in results[s])
     for ax, s in zip(axes, scenarios):
         for index, method in enumerate(methods):
             r = results[s].get(method)
@@ -150,18 +160,29 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    results: dict[str, dict[str, dict[str, Any]]] = {}
-    for scenario in args.scenarios.split(","):
-        chosen = [m for m in methods if scenario in ONLY.get(m, SCENARIOS)]
-        if "naive" not in chosen:
-            chosen.insert(0, "naive")  # the timing reference
-        comparison = run_grid({"benchmark": "split-mnist", "scenario": scenario,
-                               "data_dir": args.data_dir}, chosen, seeds, [], out / scenario,
-                              jobs=args.jobs, resume=True)
-        results[scenario] = collect(comparison)
-        write_json(out / "results.json", results)
-        print(f"{scenario}-IL done", file=sys.stderr)
-    text = table(results)
+    scenarios = args.scenarios.split(",")
+    # Seed by seed (every scenario and method for seed 0, then seed 1, ...), so that a run cut
+    # short still has complete seeds; finished runs are kept, and the report is rewritten after
+    # each seed.
+    for done in range(1, len(seeds) + 1):
+        results: dict[str, dict[str, dict[str, Any]]] = {}
+        for scenario in scenarios:
+            chosen = [m for m in methods if scenario in ONLY.get(m, SCENARIOS)]
+            if "naive" not in chosen:
+                chosen.append("naive")  # the timing reference
+            # longest first, so that two workers finish together (the table keeps this order)
+            chosen.sort(key=lambda m: -EXPECTED_COST.get(m, 1.0))
+            comparison = run_grid({"benchmark": "split-mnist", "scenario": scenario,
+                                   "data_dir": args.data_dir}, chosen, seeds[:done], [],
+                                  out / scenario, jobs=args.jobs, resume=True)
+            results[scenario] = collect(comparison)
+            print(f"{scenario}-IL, seeds {seeds[:done]}: done", file=sys.stderr)
+        report(results, out, seeds[:done])
+
+
+def report(results: dict[str, dict[str, dict[str, Any]]], out: Path, seeds: list[int]) -> None:
+    write_json(out / "results.json", {"seeds": seeds, "results": results})
+    text = f"Seeds: {', '.join(map(str, seeds))}\n\n" + table(results)
     notes = off_by_more_than(results, 0.03)
     text += "\nOff by more than 3 points from the published figure:\n" + (
         "\n".join(f"- {n}" for n in notes) if notes else "- none") + "\n"

@@ -130,3 +130,22 @@ def test_bad_head_name_is_refused() -> None:
                                    scenario.readout)
     with pytest.raises(ConfigError, match="mask"):
         SPG(mask="weights")
+
+
+def test_spg_masks_convolution_kernels_too() -> None:
+    scenario = toy_scenario("task")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Unflatten(1, (2, 2, 2)), torch.nn.Conv2d(2, 3, 2),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(3, 4))
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    method = SPG().attach(model, optimizer, scenario.readout, seed=0)
+    method.after_task(0, scenario.tasks[0].train_data())
+    kernel_importance = method.importance[0]
+    assert kernel_importance.shape == params[0].shape and bool((kernel_importance > 0).any())
+    grads = [torch.randn_like(p) for p in params]
+    before = [p.detach().clone() for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    optimizer.step()
+    torch.testing.assert_close(before[0] - params[0].detach(), grads[0] * (1 - kernel_importance))
