@@ -209,3 +209,27 @@ def test_ncl_needs_its_data_size() -> None:
     method.training_data(0, scenario.tasks[0].train_data())
     assert method.data_size == len(scenario.tasks[0].train_data())
     optimizer.step()
+
+
+def test_ncl_preconditions_convolution_kernels() -> None:
+    scenario = toy_scenario("task")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Unflatten(1, (2, 2, 2)), torch.nn.Conv2d(2, 3, 2),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(3, 4))
+    conv = model[1]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = NCL(lambda_=2.0, data_size=25).attach(model, optimizer, scenario.readout, seed=0)
+    assert method.layers == [conv, model[4]] and method.diag_index == []
+    method.after_task(0, scenario.tasks[0].train_data())
+    with torch.no_grad():
+        conv.weight.add_(0.1)
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    method.transform_grads()
+    precision = dense_precision(method, 0)
+    delta = vec(weight_matrix(conv).detach() - method.block_means[0]).double()
+    g = vec(weight_matrix(conv, grads[0], grads[1])).double()
+    expected = torch.linalg.solve(precision, g + 2.0 * precision @ delta) / 25
+    got = vec(weight_matrix(conv, conv.weight.grad, conv.bias.grad)).double()
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=1e-6)
