@@ -36,6 +36,14 @@ METHODS = {  # name -> (spec, settings)
     "replay": ("replay", {"replay": {"memory_size": 500}}),
     "agem (ref batch = batch)": ("agem", {"agem": {"memory_size": 500}}),
     "agem (ref batch 256)": ("agem", {"agem": {"memory_size": 500, "ref_batch_size": 256}}),
+    "si": ("si", {}),
+    "mas": ("mas", {"mas": {"importance_samples": 1000}}),
+    "l1": ("l1", {}),
+    "derpp": ("derpp", {"derpp": {"memory_size": 500}}),
+    "gem": ("gem", {"gem": {"memory_per_task": 256}}),
+    "spg": ("spg", {"spg": {"importance_samples": 1000}}),
+    "ncl": ("ncl", {"ncl": {"fisher_samples": 1000}}),
+    "ncl (diagonal)": ("ncl", {"ncl": {"fisher": "diagonal", "fisher_samples": 1000}}),
 }
 LIMITS = {"naive": 1.10, "ewc": 1.2, "agem (ref batch = batch)": 2.2, "lwf": 1.7}
 
@@ -67,11 +75,12 @@ def setup(spec: str, settings: dict, scenario, batch_size: int, warmup_steps: in
     first = scenario.tasks[0].train_data()
     scenario.readout.begin_task(0)
     method.before_task(0)
-    train_task(model, optimizer, method, scenario.readout, first, batch_size=batch_size,
-               iterations=warmup_steps, generator=generator)
+    train_task(model, optimizer, method, scenario.readout, method.training_data(0, first),
+               batch_size=batch_size, iterations=warmup_steps, generator=generator)
     method.after_task(0, first)
     scenario.readout.begin_task(1)
     method.before_task(1)
+    method.training_data(1, scenario.tasks[1].train_data())
     return model, optimizer, method, generator
 
 
@@ -103,23 +112,35 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few steps: a smoke test")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--methods", help="comma-separated subset of the rows (default: all)")
+    parser.add_argument("--batch-sizes", default="128,1", help="128, 1 or both")
     args = parser.parse_args()
+    if args.methods:
+        chosen = [m.strip() for m in args.methods.split(",")]
+        unknown = [m for m in chosen if m not in METHODS]
+        if unknown:
+            parser.error(f"unknown rows {unknown}; accepted: {', '.join(METHODS)}")
+        for name in list(METHODS):
+            if name not in chosen:
+                del METHODS[name]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
     torch.set_num_threads(args.threads)
     scenario = get_benchmark("permuted-mnist").build(
         "domain", options={"num_tasks": 2, "permute_first": True})
     settings = [(128, 20 if args.quick else 150, 2 if args.quick else 5),
                 (1, 100 if args.quick else 2000, 2 if args.quick else 5)]
+    settings = [item for item in settings if item[0] in sizes]
     results = {}
     for batch_size, steps, rounds in settings:
         results[batch_size] = measure(scenario, batch_size, steps, rounds)
     print(f"\ntorch {torch.__version__}, {args.threads} thread(s), {platform.processor() or ''}"
           f" {platform.machine()}, SGD, MLP 784-256-256-10\n")
-    print("| method | batch 128: µs/step | ratio | batch 1: µs/step | ratio | limit |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| method | " + " | ".join(f"batch {b}: µs/step | ratio" for b in sizes) + " | limit |")
+    print("|---|" + "---:|---:|" * len(sizes) + "---:|")
     failures = []
     for name in ["hand-written", *METHODS]:
         cells = []
-        for batch_size in (128, 1):
+        for batch_size in sizes:
             value = results[batch_size][name]
             ratio = value / results[batch_size]["hand-written"]
             cells += [f"{value * 1e6:,.0f}", f"{ratio:.2f}x"]
