@@ -59,6 +59,9 @@ class RunConfig(Config):
         True, "class-incremental: mask classes not seen yet (van de Ven et al. 2022)")
     eval_batch_size: int = option(1000, "batch size for evaluation", low=1)
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    flush_denormal: bool = option(
+        True, "CPU: flush denormal floats to zero (Adam's moments of parameters that stop "
+        "getting gradients decay into denormals, which made naive Split MNIST 1.7x slower)")
     data_dir: str | None = option(None, "folder with dataset files (default: $LIFELONG_DATA, "
                                   "then the download cache)")
     method_params: dict = option({}, "per-method settings, e.g. {ewc: {lambda: 100}}")
@@ -207,6 +210,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     scenario = benchmark.build(cfg.scenario, data_dir=cfg.data_dir, head=cfg.head,
                                mask_unseen=cfg.mask_unseen, options=cfg.benchmark_params)
     seed_everything(cfg.seed)
+    if device.type == "cpu" and cfg.flush_denormal:
+        torch.set_flush_denormal(True)  # process-wide; a no-op where the CPU lacks it
     readout = scenario.readout.to(device)
     model = build_model(cfg.model, scenario.input_shape, scenario.num_outputs, cfg.hidden,
                         cfg.dropout).to(device)
