@@ -120,8 +120,7 @@ def kfac_fisher(
         for batch in batches:
             with torch.enable_grad():
                 log_p = F.log_softmax(readout(model(batch.x), batch.task_ids), dim=-1)
-                order = list(range(len(layers)))
-                for i in order:
+                for i in range(len(layers)):
                     rows = _input_rows(layers[i], inputs[i])
                     positions = rows.shape[0] // len(batch)
                     term = rows.T @ rows / positions
@@ -130,9 +129,9 @@ def kfac_fisher(
                     # Σ_i w_i log p(y_i|x_i): its gradient at a layer's output is w_i·g_i per
                     # sample, so the rows' outer products sum w_i² g gᵀ = p(c|x) g gᵀ (true).
                     objective = (weights * chosen).sum()
-                    grads = torch.autograd.grad(objective, [outputs[i] for i in order],
+                    grads = torch.autograd.grad(objective, [outputs[i] for i in range(len(layers))],
                                                 retain_graph=True, allow_unused=True)
-                    for i, g in zip(order, grads):
+                    for i, g in enumerate(grads):
                         if g is None:
                             continue
                         rows = _output_rows(layers[i], g)

@@ -122,9 +122,9 @@ class L1(Method):
             full_accuracy = evaluate(self._full_model)[task]
         else:
             candidate = frozen_copy(self.model)
-            params = [p for p in candidate.parameters()]
             own = {id(p) for p in self.params}
-            params = [c for c, p in zip(params, self.model.parameters()) if id(p) in own]
+            params = [c for c, p in zip(candidate.parameters(), self.model.parameters())
+                      if id(p) in own]
             change = torch._foreach_sub(self.params, self.start)
             self._load_ticket(params, self.tickets[task], change)
             ticket_accuracy = evaluate(candidate)[task]

@@ -88,8 +88,7 @@ class LwF(Method):
         alpha = self.config.alpha
         if self.config.weighting == "tasks" and self.readout.kind != "class":
             alpha *= self.task
-        return alpha * distillation_loss(student, teacher, self.config.temperature,
-                                                     padded=padded)
+        return alpha * distillation_loss(student, teacher, self.config.temperature, padded=padded)
 
     def state_dict(self) -> dict[str, Any]:
         teacher = None if self.teacher is None else self.teacher.state_dict()

@@ -98,6 +98,7 @@ class NCL(Method):
             self.layers = []
         in_layers = {id(p) for m in self.layers for p in m.parameters(recurse=False)}
         self.diag_index = [i for i, p in enumerate(self.params) if id(p) not in in_layers]
+        self.diag_params = [self.params[i] for i in self.diag_index]
         self._inverses: list[tuple[Tensor, Tensor]] | None = None
 
     # --- the prior before any task ---------------------------------------------------------
@@ -117,13 +118,11 @@ class NCL(Method):
         self.block_means = []
         for layer in self.layers:
             w = weight_matrix(layer).detach()
-            eye = torch.eye
-            self.factors.append({"A": root * eye(w.shape[1], device=w.device, dtype=w.dtype),
-                                 "G": root * eye(w.shape[0], device=w.device, dtype=w.dtype)})
+            self.factors.append({"A": root * torch.eye(w.shape[1], device=w.device, dtype=w.dtype),
+                                 "G": root * torch.eye(w.shape[0], device=w.device, dtype=w.dtype)})
             self.block_means.append(torch.zeros_like(w))
-        diag = [self.params[i] for i in self.diag_index]
-        self.diag_precision = [torch.full_like(p, 1.0 / self.data_size) for p in diag]
-        self.diag_means = [torch.zeros_like(p) for p in diag]
+        self.diag_precision = [torch.full_like(p, 1.0 / self.data_size) for p in self.diag_params]
+        self.diag_means = [torch.zeros_like(p) for p in self.diag_params]
         self._inverses = None
 
     def _damped_inverses(self) -> list[tuple[Tensor, Tensor]]:
@@ -169,7 +168,7 @@ class NCL(Method):
             if bias is not None:
                 layer.bias.grad.copy_(bias)
             steps.append(grad)
-        diag = [self.params[i] for i in self.diag_index]
+        diag = self.diag_params
         if diag:
             grads = gradients_of(diag)
             if cfg.lambda_:
@@ -206,16 +205,18 @@ class NCL(Method):
             for layer, f, mean in zip(self.layers, self.factors, self.block_means):
                 delta = weight_matrix(layer) - mean
                 total += (delta * (f["G"] @ delta @ f["A"])).sum()
-            for i, precision, mean in zip(self.diag_index, self.diag_precision, self.diag_means):
-                total += (precision * (self.params[i] - mean).square()).sum()
+            for p, precision, mean in zip(self.diag_params, self.diag_precision, self.diag_means):
+                total += (precision * (p - mean).square()).sum()
         return self.config.lambda_ / 2 * total
 
     # --- consolidation ---------------------------------------------------------------------
     def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
         self._ensure_prior()
         cfg = self.config
+        # one draw of the task's samples serves both parts (and the generator advances once)
+        batches = list(self.batches(data, cfg.fisher_batch_size, limit=cfg.fisher_samples))
         if self.layers:
-            new = kfac_fisher(self.model, self.layers, self._fisher_batches(data),
+            new = kfac_fisher(self.model, self.layers, batches,
                               self.readout.select, kind=cfg.fisher_kind,
                               generator=self.generator)
             for i, (f, fresh) in enumerate(zip(self.factors, new)):
@@ -224,19 +225,15 @@ class NCL(Method):
                 self.factors[i] = {"A": summed.A, "G": summed.G}
             self.block_means = [weight_matrix(layer).detach().clone() for layer in self.layers]
         if self.diag_index:
-            fisher = diagonal_fisher(self.model, self._fisher_batches(data), self.readout.select,
+            fisher = diagonal_fisher(self.model, batches, self.readout.select,
                                      kind=cfg.fisher_kind, generator=self.generator,
                                      max_rows=cfg.fisher_batch_size)
             for slot, i in enumerate(self.diag_index):
                 self.diag_precision[slot] = (cfg.gamma * self.diag_precision[slot]
                                              + fisher[self.param_names[i]])
-            self.diag_means = [self.params[i].detach().clone() for i in self.diag_index]
+            self.diag_means = [p.detach().clone() for p in self.diag_params]
         self._tasks_seen += 1
         self._inverses = None
-
-    def _fisher_batches(self, data: Batch | Iterable[BatchLike]) -> list[Batch]:
-        return list(self.batches(data, self.config.fisher_batch_size,
-                                 limit=self.config.fisher_samples))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

@@ -101,7 +101,10 @@ class SPG(Method):
                               "parameters; name the output layer with head=...")
         self.shared = [p for p, h in zip(self.params, self.is_head) if not h]
         self.heads = [p for p, h in zip(self.params, self.is_head) if h]
-        self._before: list[Tensor] | None = None
+        self._before_shared: list[Tensor] | None = None  # step mask: θ before the step
+        self._before_heads: list[Tensor] | None = None
+        self._scales_of: list[Tensor] | None = None  # the importance _scales was computed for
+        self._scales: tuple[list[Tensor], float] = ([], 1.0)
 
     # --- training: scale gradients (or steps) ------------------------------------------------
     def head_scale(self) -> float:
@@ -109,33 +112,40 @@ class SPG(Method):
         total = sum(a.sum() for a in self.importance)
         return 1.0 - float(total) / sum(a.numel() for a in self.importance)
 
+    def scales(self) -> tuple[list[Tensor], float]:
+        """(1 − a per shared parameter, the heads' scalar), computed once per importance."""
+        if self._scales_of is not self.importance:
+            keep = torch._foreach_neg(self.importance)
+            torch._foreach_add_(keep, 1.0)
+            self._scales = (keep, self.head_scale())
+            self._scales_of = self.importance
+        return self._scales
+
     @torch.no_grad()
     def transform_grads(self) -> None:
         if self.importance is None:
             return
         if self.config.mask == "step":
-            if self._before is None:
-                self._before = [torch.empty_like(p) for p in self.params]
-            torch._foreach_copy_(self._before, self.params)
+            if self._before_shared is None:
+                self._before_shared = [torch.empty_like(p) for p in self.shared]
+                self._before_heads = [torch.empty_like(p) for p in self.heads]
+            torch._foreach_copy_(self._before_shared, self.shared)
+            torch._foreach_copy_(self._before_heads, self.heads)
             return
-        keep = torch._foreach_neg(self.importance)
-        torch._foreach_add_(keep, 1.0)
-        grads = gradients_of(self.shared)
-        torch._foreach_mul_(grads, keep)
-        torch._foreach_mul_(gradients_of(self.heads), self.head_scale())
+        keep, head_scale = self.scales()
+        torch._foreach_mul_(gradients_of(self.shared), keep)
+        torch._foreach_mul_(gradients_of(self.heads), head_scale)
 
     @torch.no_grad()
     def after_step(self) -> None:
         if self.importance is None or self.config.mask != "step":
             return
         # θ ← θ_old + (1 − a)(θ − θ_old) = θ − a(θ − θ_old)
-        before_shared = [b for b, h in zip(self._before, self.is_head) if not h]
-        before_heads = [b for b, h in zip(self._before, self.is_head) if h]
-        step = torch._foreach_sub(self.shared, before_shared)
+        step = torch._foreach_sub(self.shared, self._before_shared)
         torch._foreach_mul_(step, self.importance)
         torch._foreach_sub_(self.shared, step)
-        head_step = torch._foreach_sub(self.heads, before_heads)
-        torch._foreach_mul_(head_step, 1.0 - self.head_scale())
+        head_step = torch._foreach_sub(self.heads, self._before_heads)
+        torch._foreach_mul_(head_step, 1.0 - self.scales()[1])
         torch._foreach_sub_(self.heads, head_step)
 
     # --- consolidation -------------------------------------------------------------------------
