@@ -18,7 +18,7 @@ from .errors import ConfigError, LifelongError
 
 RUN_FLAGS = ("benchmark", "scenario", "seed", "epochs", "iterations", "batch_size", "lr",
              "optimizer", "momentum", "weight_decay", "model", "hidden", "dropout", "head",
-             "eval_batch_size", "device", "data_dir")
+             "eval_batch_size", "device", "data_dir", "diagnostics")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +44,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval-batch-size", type=int)
     group.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     group.add_argument("--data-dir", help="dataset folder (default: $LIFELONG_DATA, then cache)")
+    group.add_argument("--diagnostics", action="store_true", default=None,
+                       help="after each task: dead units, effective/stable rank, weight and "
+                            "gradient magnitude, plasticity (to metrics.jsonl)")
     group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                        help="a method or benchmark setting: ewc.lambda=100, "
                             "benchmark.num_tasks=5 (repeatable)")
@@ -78,6 +81,37 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, help="output folder")
     _add_training_flags(compare)
 
+    stream = commands.add_parser(
+        "stream", help="online learning on a stream: batch 1, each sample scored before the "
+        "update, task-free by default")
+    stream.add_argument("--benchmark", "-b", default=None,
+                        help="streaming benchmark (default slowly-changing-regression)")
+    stream.add_argument("--method", "-m", help="method, or methods joined by '+'")
+    stream.add_argument("--seed", type=int)
+    stream.add_argument("--tasks", type=int, help="number of tasks (default: the benchmark's)")
+    stream.add_argument("--steps", type=int, help="stop after this many samples")
+    stream.add_argument("--batch-size", type=int)
+    stream.add_argument("--lr", type=float)
+    stream.add_argument("--optimizer", help="sgd (default) or adam")
+    stream.add_argument("--momentum", type=float)
+    stream.add_argument("--weight-decay", type=float)
+    stream.add_argument("--hidden", help="hidden layer widths, e.g. 100,100")
+    stream.add_argument("--bin-size", type=int, help="samples per bin of the online metric")
+    stream.add_argument("--boundaries", action="store_true", default=None,
+                        help="announce task boundaries to the method")
+    stream.add_argument("--diagnostics", action="store_true", default=None,
+                        help="dead units, effective/stable rank, weight and gradient magnitude, "
+                             "plasticity on a probe set, at each bin")
+    stream.add_argument("--diagnose-every", type=int, help="samples between diagnoses")
+    stream.add_argument("--probe-size", type=int, help="probe samples (default 2000)")
+    stream.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    stream.add_argument("--data-dir", help="dataset folder (default: $LIFELONG_DATA, then cache)")
+    stream.add_argument("--set", dest="settings", action="append", default=[],
+                        metavar="KEY=VALUE", help="cbp.replacement_rate=1e-4, "
+                        "benchmark.samples_per_task=5000 (repeatable)")
+    stream.add_argument("--out", help="output folder (default: runs/stream-BENCHMARK-METHOD-sSEED)")
+    stream.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
     demo = commands.add_parser("demo", help="naive, ewc, lwf, replay and agem on split-digits")
     demo.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     demo.add_argument("--jobs", "-j", type=int, default=None, help="parallel processes "
@@ -90,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"list": _cmd_list, "run": _cmd_run, "compare": _cmd_compare,
-                   "demo": _cmd_demo}[args.command]
+                   "stream": _cmd_stream, "demo": _cmd_demo}[args.command]
         return handler(args) or 0
     except LifelongError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -134,8 +168,8 @@ def base_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def route_settings(pairs: Sequence[str], method_spec: str,
-                   settings: dict[str, Any]) -> dict[str, Any]:
+def route_settings(pairs: Sequence[str], method_spec: str, settings: dict[str, Any],
+                   benchmark: Any = None) -> dict[str, Any]:
     """Apply `--set key=value` pairs to the method and benchmark settings of one run.
 
     `ewc.lambda=100` sets a method's key; `benchmark.num_tasks=5` a benchmark's; a bare key
@@ -149,7 +183,8 @@ def route_settings(pairs: Sequence[str], method_spec: str,
     names = parse_method_spec(method_spec)
     method_params = {k: dict(v) for k, v in settings.get("method_params", {}).items()}
     benchmark_params = dict(settings.get("benchmark_params", {}))
-    benchmark = get_benchmark(settings.get("benchmark", "split-digits"))
+    if benchmark is None:
+        benchmark = get_benchmark(settings.get("benchmark", "split-digits"))
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
@@ -215,6 +250,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         spec = BENCHMARKS[name]
         benchmarks.add_row(name, spec.description, spec.default_scenario)
     console.print(benchmarks)
+    from .streaming import list_stream_benchmarks
+
+    streams = Table(title="streaming benchmarks (lifelong stream)")
+    streams.add_column("benchmark", style="bold")
+    streams.add_column("description")
+    for name, description in list_stream_benchmarks().items():
+        streams.add_row(name, description)
+    console.print(streams)
     console.print("models: " + "; ".join(f"[bold]{k}[/]: {v}" for k, v in MODELS.items()))
     if args.verbose:
         for name in list_methods():
@@ -265,6 +308,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                           jobs=args.jobs, progress=not args.quiet, resume=args.resume)
     _console().print(comparison_table(comparison))
     print(f"wrote {args.out}/comparison.json and one folder per run")
+    return 0
+
+
+STREAM_FLAGS = ("benchmark", "method", "seed", "tasks", "steps", "batch_size", "lr", "optimizer",
+                "momentum", "weight_decay", "hidden", "bin_size", "boundaries", "diagnostics",
+                "diagnose_every", "probe_size", "device", "data_dir")
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from .report.tables import stream_table
+    from .streaming import StreamConfig, get_stream_benchmark, prepare_stream, run_stream
+
+    settings = {k: getattr(args, k) for k in STREAM_FLAGS if getattr(args, k) is not None}
+    benchmark = get_stream_benchmark(settings.get("benchmark", "slowly-changing-regression"))
+    settings = route_settings(args.settings, settings.get("method", "naive"), settings,
+                              benchmark)
+    config = StreamConfig.from_dict(settings)
+    resolved, _ = prepare_stream(config)
+    out = args.out or f"runs/stream-{resolved.benchmark}-{resolved.method}-s{resolved.seed}"
+    console = _console()
+    console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
+                  f"({resolved.tasks} tasks, batch {resolved.batch_size}, "
+                  f"{'boundaries announced' if resolved.boundaries else 'task-free'}), "
+                  f"seed {resolved.seed} -> {out}")
+    result = run_stream(config, out, progress=not args.quiet)
+    console.print(stream_table(result.summary()))
+    console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
     return 0
 
 

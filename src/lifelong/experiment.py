@@ -23,6 +23,7 @@ from ._version import __version__
 from .core.compose import Composite, build_method, check_compatible, parse_method_spec
 from .core.config import Config, option
 from .core.method import Method
+from .diagnostics import diagnose
 from .errors import ConfigError
 from .metrics import summarize
 from .models import build_model
@@ -58,6 +59,9 @@ class RunConfig(Config):
     mask_unseen: bool = option(
         True, "class-incremental: mask classes not seen yet (van de Ven et al. 2022)")
     eval_batch_size: int = option(1000, "batch size for evaluation", low=1)
+    diagnostics: bool = option(False, "after each task: dead units, effective/stable rank, "
+                               "weight and gradient magnitude, plasticity on a probe set")
+    probe_size: int = option(2000, "probe samples of the task for the diagnostics", low=1)
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
     flush_denormal: bool = option(
         True, "CPU: flush denormal floats to zero (Adam's moments of parameters that stop "
@@ -107,6 +111,7 @@ class RunResult:
     metrics: dict[str, float | None]
     task_seconds: list[float]
     method_reports: list[dict[str, float]]  # per task: what the method measured (report hook)
+    diagnostics: list[dict[str, Any]]  # per task, with --diagnostics (lifelong.diagnostics)
     seconds: float
     peak_memory_mb: float
     device: str
@@ -119,6 +124,7 @@ class RunResult:
             "accuracy_matrix": self.accuracy_matrix, "loss_matrix": self.loss_matrix,
             "baseline_accuracy": self.baseline_accuracy,
             "task_seconds": self.task_seconds, "method_reports": self.method_reports,
+            "diagnostics": self.diagnostics,
             "seconds": self.seconds,
             "peak_memory_mb": self.peak_memory_mb, "device": self.device,
             "lifelong_version": __version__, "torch_version": torch.__version__,
@@ -234,6 +240,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     loss_matrix: list[list[float]] = []
     task_seconds: list[float] = []
     method_reports: list[dict[str, float]] = []
+    diagnoses: list[dict[str, Any]] = []
 
     def evaluate_all(candidate: torch.nn.Module) -> list[float]:
         return [evaluate(candidate, readout, other.test_data(device), cfg.eval_batch_size)[0]
@@ -270,6 +277,12 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
                     method_reports.append(method.report(task.id, evaluate_all))
                     if run_dir:
                         run_dir.log(event="method", task=task.id, **method_reports[-1])
+                if cfg.diagnostics:
+                    probe = data.select(slice(0, cfg.probe_size))
+                    diagnoses.append({"task": task.id, **diagnose(
+                        model, probe, lr=cfg.lr, readout=readout)})
+                    if run_dir:
+                        run_dir.log(event="diagnostics", **diagnoses[-1])
                 task_seconds.append(time.perf_counter() - task_started)
                 if run_dir:
                     run_dir.log(event="task_end", task=task.id, steps=stats.steps,
@@ -282,7 +295,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     result = RunResult(
         config=config_dict, accuracy_matrix=accuracy_matrix, loss_matrix=loss_matrix,
         baseline_accuracy=baseline, metrics=summarize(accuracy_matrix, _fwt_baseline(baseline)),
-        task_seconds=task_seconds, method_reports=method_reports,
+        task_seconds=task_seconds, method_reports=method_reports, diagnostics=diagnoses,
         seconds=time.perf_counter() - started,
         peak_memory_mb=_peak_memory_mb(device), device=str(device))
     if run_dir:

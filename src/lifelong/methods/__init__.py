@@ -13,6 +13,7 @@ from .mas import MAS
 from .naive import Naive
 from .ncl import NCL
 from .replay import Replay
+from .shrink_perturb import ShrinkPerturb
 from .si import SI
 from .spg import SPG
 
@@ -32,5 +33,6 @@ __all__ = [
     "Naive",
     "Replay",
     "SI",
+    "ShrinkPerturb",
     "SPG",
 ]

@@ -98,3 +98,33 @@ def demo_table(comparisons: Mapping[str, Mapping[str, Any]]) -> Table:
             cells += [f"{stats['acc']['mean']:.2f}", _forgetting_cell(stats["forgetting"])]
         table.add_row(method, *cells)
     return table
+
+
+def stream_table(summary: Mapping[str, Any], rows: int = 10) -> Table:
+    """The online metric over the stream in about `rows` evenly spaced bins, with the
+    diagnostics measured nearest each bin's end."""
+    metric = summary["metric"]
+    bins = summary["bins"]
+    diagnoses = {d["samples"]: d for d in summary.get("diagnostics", [])}
+    table = Table(title=f"{summary['method']} on {summary['benchmark']} (seed {summary['seed']}):"
+                        f" online {metric}, mean {_fmt(summary[f'mean_online_{metric}'])}, "
+                        f"{summary['us_per_step']:.0f} µs/step")
+    table.add_column("samples", justify="right")
+    table.add_column("task", justify="right")
+    table.add_column(f"online {metric}", justify="right")
+    if diagnoses:
+        for title in ("dead units", "eff. rank", "|w|", "plasticity"):
+            table.add_column(title, justify="right")
+    step = max(1, len(bins) // rows)
+    chosen = bins[::step]
+    if bins and chosen[-1] is not bins[-1]:
+        chosen.append(bins[-1])
+    for b in chosen:
+        cells = [f"{b['end']:,}", str(b["task"]), _fmt(b[metric], 4 if metric == "error" else 3)]
+        if diagnoses:
+            d = diagnoses.get(b["end"])
+            cells += ["-"] * 4 if d is None else [
+                _fmt(d["dead_units"]), _fmt(d["effective_rank"], 1),
+                _fmt(d["weight_magnitude"], 4), _fmt(d.get("plasticity"))]
+        table.add_row(*cells)
+    return table

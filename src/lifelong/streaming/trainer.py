@@ -1,0 +1,190 @@
+"""The online training loop: each sample is scored by the current model, then learned from.
+
+    for each mini-batch of the stream (batch size 1 by default):
+        batch  = method.prepare_batch(batch)          # only if the method uses it
+        output = model(batch.x)
+        score the stream's rows of `output`           # online accuracy / squared error
+        loss   = batch.loss(output) + method.penalty(batch, output)
+        loss.backward(); optimizer.step()             # + the method's step hooks
+
+Task boundaries are announced to the method (`before_task` / `after_task`) only when
+`boundaries=True`: by default the stream is task-free. The online score is the output of the very
+forward pass that the update uses, so it costs one argmax per step; it is gathered in tensors and
+read once per bin, so a step never waits on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..core.batch import Batch
+from ..core.method import Method
+from ..training.progress import Progress
+from .streams import Stream
+
+
+@dataclasses.dataclass
+class StreamBin:
+    """The online metric over samples [start, end) of the stream."""
+
+    index: int
+    start: int
+    end: int
+    task: int  # the task of the bin's last sample
+    value: float  # online accuracy (classification) or mean squared error (regression)
+    loss: float  # mean training loss (penalties included)
+    seconds: float
+
+
+@dataclasses.dataclass
+class StreamStats:
+    bins: list[StreamBin]
+    task_values: list[float]  # the online metric of each task
+    samples: int
+    steps: int
+    seconds: float
+
+
+class _Accumulator:
+    """Online scores of the open bin, kept as tensors until they are read (no device sync)."""
+
+    def __init__(self, regression: bool) -> None:
+        self.regression = regression
+        self.scores: list[Tensor] = []  # per step: predicted classes, or mean squared errors
+        self.targets: list[Tensor] = []
+        self.sizes: list[int] = []
+        self.losses: list[Tensor] = []
+
+    def add(self, output: Tensor, y: Tensor, loss: Tensor, loss_is_error: bool) -> None:
+        """`loss_is_error`: the loss is exactly the batch's mean squared error (no penalty, no
+        replayed rows), so the regression score reuses it instead of recomputing."""
+        detached = loss.detach()
+        if self.regression:
+            self.scores.append(detached if loss_is_error else
+                               (output.detach() - y.view_as(output)).square().sum(1).mean())
+            self.sizes.append(len(y))
+        else:
+            self.scores.append(output.detach().argmax(1))
+            self.targets.append(y)
+        self.losses.append(detached)
+
+    def values(self) -> tuple[Tensor, int, float]:
+        """(sum of scores: hits or squared errors, number of samples, mean loss); then empties."""
+        if not self.scores:
+            return torch.zeros(()), 0, float("nan")
+        if self.regression:
+            sizes = torch.tensor(self.sizes, dtype=self.scores[0].dtype)
+            total = (torch.stack(self.scores).cpu() * sizes).sum()
+            count = sum(self.sizes)
+        else:
+            hits = torch.cat(self.scores).eq(torch.cat(self.targets))
+            total, count = hits.sum().cpu().double(), len(hits)
+        loss = float(torch.stack(self.losses).mean())
+        self.scores, self.targets, self.sizes, self.losses = [], [], [], []
+        return total, count, loss
+
+
+def train_stream(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: Method,
+    stream: Stream,
+    *,
+    batch_size: int = 1,
+    bin_size: int | None = None,
+    max_samples: int | None = None,
+    boundaries: bool = False,
+    device: torch.device | str = "cpu",
+    on_bin: Callable[[StreamBin], None] | None = None,
+    diagnose_every: int | None = None,
+    on_diagnose: Callable[[int, int], None] | None = None,
+    on_task_end: Callable[[int, float], None] | None = None,
+    progress: Progress | None = None,
+) -> StreamStats:
+    """Train online on `stream`; see the module docstring.
+
+    `bin_size` (samples, default one task) groups the online metric; `on_diagnose(task,
+    samples_seen)` runs every `diagnose_every` samples (default: at each bin's end);
+    `max_samples` stops the stream early.
+    """
+    device = torch.device(device)
+    bin_size = bin_size or stream.samples_per_task
+    diagnose_every = diagnose_every or bin_size
+    total = min(stream.total_samples, max_samples or stream.total_samples)
+    prepare = method.prepare_batch if method.uses("prepare_batch") else None
+    penalty = method.penalty if method.uses("penalty") else None
+
+    bins: list[StreamBin] = []
+    task_values: list[float] = []
+    accumulator = _Accumulator(stream.regression)
+    bin_total, bin_count = 0.0, 0  # flushed scores of the open bin
+    bin_losses: list[float] = []
+    seen, steps, bin_start, next_bin, next_diagnosis = 0, 0, 0, bin_size, diagnose_every
+    started = bin_clock = time.perf_counter()
+    loss_is_error = prepare is None and penalty is None
+
+    def flush(task_score: list[float]) -> None:
+        nonlocal bin_total, bin_count
+        total, count, mean_loss = accumulator.values()
+        if count:
+            task_score[0] += float(total)
+            task_score[1] += count
+            bin_total += float(total)
+            bin_count += count
+            bin_losses.append(mean_loss)
+
+    model.train()
+    for task in range(stream.num_tasks):
+        if seen >= total:
+            break
+        if boundaries:
+            method.before_task(task)
+        segment = stream.segment(task).select(slice(0, total - seen)).to(device)
+        if progress is not None:
+            progress.start_task(task, stream.num_tasks, -(-len(segment) // batch_size))
+        task_score = [0.0, 0]  # sum of scores, samples
+        for i, (x, y) in enumerate(zip(segment.x.split(batch_size), segment.y.split(batch_size))):
+            batch = Batch(x, y)
+            if prepare is not None:
+                batch = prepare(batch)
+            output = model(batch.x)
+            loss = batch.loss(output)
+            if penalty is not None:
+                term = penalty(batch, output)
+                if term is not None:
+                    loss = loss + term
+            accumulator.add(output[:len(x)], y, loss, loss_is_error)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(x)
+            steps += 1
+            if progress is not None and steps % 256 == 0:
+                progress.update(i + 1, 0, None, loss.detach(), 1)
+            if seen >= next_bin or seen >= total:
+                flush(task_score)
+                now = time.perf_counter()
+                result = StreamBin(len(bins), bin_start, seen, task, bin_total / bin_count,
+                                   sum(bin_losses) / len(bin_losses), now - bin_clock)
+                bins.append(result)
+                if on_bin is not None:
+                    on_bin(result)
+                bin_total, bin_count, bin_losses = 0.0, 0, []
+                bin_start, next_bin, bin_clock = seen, next_bin + bin_size, now
+            if on_diagnose is not None and (seen >= next_diagnosis or seen >= total):
+                on_diagnose(task, seen)
+                next_diagnosis += diagnose_every
+        flush(task_score)  # the task may end inside a bin: the bin keeps these scores
+        task_values.append(task_score[0] / task_score[1])
+        if on_task_end is not None:
+            on_task_end(task, task_values[-1])
+        if boundaries:
+            method.after_task(task, segment)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return StreamStats(bins, task_values, seen, steps, time.perf_counter() - started)
