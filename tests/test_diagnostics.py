@@ -96,7 +96,7 @@ def test_plasticity_is_the_loss_drop_of_one_sgd_step_per_sample(regression: bool
         loss_fn(copy_(x), y).backward()
         optimizer.step()
         after = loss_fn(copy_(x), y)
-        expected.append(max(1 - float(after) / max(float(before), 1e-8), 0.0))
+        expected.append(max(1 - after.item() / max(before.item(), 1e-8), 0.0))
     snapshot = [p.clone() for p in model.parameters()]
     value = plasticity(model, probe_loss(), probe, lr, chunk=3)
     assert value == pytest.approx(float(np.mean(expected)), rel=1e-4, abs=1e-6)

@@ -7,6 +7,7 @@ file raises `lifelong.errors.DataError`.
 from __future__ import annotations
 
 from lifelong.data.arrays import ArraySplits
+from lifelong.data.cifar import load_cifar10
 from lifelong.data.download import cache_dir, data_dirs, download, downloads_enabled, md5sum
 from lifelong.data.embedded import load_digits_splits, load_mnist1d
 from lifelong.data.idx import read_idx, write_idx
@@ -18,6 +19,7 @@ __all__ = [
     "data_dirs",
     "download",
     "downloads_enabled",
+    "load_cifar10",
     "load_digits_splits",
     "load_fashion_mnist",
     "load_mnist",

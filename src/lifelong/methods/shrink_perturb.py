@@ -19,7 +19,7 @@ import dataclasses
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..core.config import Config, option
 from ..core.method import Method

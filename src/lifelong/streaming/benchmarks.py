@@ -1,12 +1,12 @@
 """Named streaming benchmarks with their published protocols as defaults.
 
-| benchmark                   | paper                    | network         | per task | tasks | lr    |
-|-----------------------------|--------------------------|-----------------|----------|-------|-------|
-| slowly-changing-regression  | Dohare et al. 2024       | 20-5-1          | 10k      | 100   | 0.01  |
-| online-permuted-mnist       | Dohare et al. 2024       | 784-2000x3-10   | 60k      | 800   | 0.003 |
-| input-permuted-mnist        | Elsayed & Mahmood 2024   | 784-300-150-10  | 5000     | 200   | 0.01  |
-| label-permuted-mnist        | Elsayed & Mahmood 2024   | 784-300-150-10  | 2500     | 400   | 0.01  |
-| label-permuted-cifar10      | Elsayed & Mahmood 2024   | 3072-300-150-10 | 2500     | 400   | 0.01  |
+| benchmark                  | paper                  | network         | per task | tasks | lr    |
+|----------------------------|------------------------|-----------------|----------|-------|-------|
+| slowly-changing-regression | Dohare et al. 2024     | 20-5-1          | 10k      | 100   | 0.01  |
+| online-permuted-mnist      | Dohare et al. 2024     | 784-2000x3-10   | 60k      | 800   | 0.003 |
+| input-permuted-mnist       | Elsayed & Mahmood 2024 | 784-300-150-10  | 5000     | 200   | 0.01  |
+| label-permuted-mnist       | Elsayed & Mahmood 2024 | 784-300-150-10  | 2500     | 400   | 0.01  |
+| label-permuted-cifar10     | Elsayed & Mahmood 2024 | 3072-300-150-10 | 2500     | 400   | 0.01  |
 
 All use SGD at batch size 1. `--tasks`, `--steps`, `--hidden` and
 `--set benchmark.samples_per_task=N` shrink them to CPU size. Elsayed & Mahmood use EMNIST for the
