@@ -1,6 +1,7 @@
 """The built-in methods; importing this package registers them all."""
 
 from .agem import AGEM
+from .cbp import CBP
 from .der import DER, DERPP
 from .ewc import EWC
 from .gem import GEM
@@ -19,6 +20,7 @@ from .spg import SPG
 
 __all__ = [
     "AGEM",
+    "CBP",
     "DER",
     "DERPP",
     "EWC",
