@@ -137,7 +137,7 @@ def test_stream_command_writes_bins_diagnostics_and_summary(tmp_path) -> None:
     (["--method", "lottery", "--boundaries"], "task ids at test time"),
     (["--benchmark", "permuted-mnist"], "unknown streaming benchmark"),
     (["--set", "benchmark.beta=2"], "beta"),
-    (["--set", "cbp.nothing=1"], "cbp"),
+    (["--set", "nothing=1"], "no such setting"),
 ])
 def test_stream_command_refuses_bad_input_before_training(argv, message, capsys) -> None:
     assert main(["stream", "-q", *argv]) == 2
