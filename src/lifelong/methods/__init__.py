@@ -17,6 +17,7 @@ from .replay import Replay
 from .shrink_perturb import ShrinkPerturb
 from .si import SI
 from .spg import SPG
+from .upgd import UPGD
 
 __all__ = [
     "AGEM",
@@ -37,4 +38,5 @@ __all__ = [
     "SI",
     "ShrinkPerturb",
     "SPG",
+    "UPGD",
 ]
