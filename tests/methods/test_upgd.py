@@ -77,7 +77,7 @@ def method_run(data: list[Batch], *, lr: float, host: bool = True, seed: int = 0
                **config) -> tuple[list[np.ndarray], UPGD]:
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    method = UPGD(**config).attach(model, optimizer, seed=seed)
+    method = UPGD(**{"noise": "exact", **config}).attach(model, optimizer, seed=seed)
     method._host_scalars = host  # False: the accelerator code path, on the CPU
     for batch in data:
         optimizer.zero_grad(set_to_none=True)
@@ -234,9 +234,9 @@ def test_no_positive_utility_protects_nothing(host: bool) -> None:
     torch.testing.assert_close(model.bias.grad, bias_grad, rtol=0, atol=0)
 
 
-def test_noise_has_the_right_statistics_fresh_and_pooled() -> None:
+def test_noise_has_the_right_statistics_exact_and_table() -> None:
     """With zero gradients the gate is 1, so the transformed gradient is the noise itself."""
-    for noise in ("fresh", "pooled"):
+    for noise in ("exact", "table"):
         model = torch.nn.Linear(20, 10)
         method = UPGD(sigma=2.0, noise=noise).attach(
             model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
@@ -253,10 +253,10 @@ def test_noise_has_the_right_statistics_fresh_and_pooled() -> None:
         assert all(len(row.unique()) == len(row) for row in xi[:20])  # distinct within a step
 
 
-def test_pooled_noise_is_a_window_of_the_pool_gated_by_one_minus_s() -> None:
-    """Non-protecting, pooled: g' − g = ξ ⊙ (1 − s) with ξ a contiguous run of the pool."""
+def test_table_noise_is_a_window_of_the_table_gated_by_one_minus_s() -> None:
+    """Non-protecting, table: g' − g = ξ ⊙ (1 − s) with ξ/σ a contiguous run of the table."""
     model = tiny_mlp()
-    method = UPGD(sigma=0.5, noise="pooled", protect=False).attach(
+    method = UPGD(sigma=0.5, noise="table", protect=False).attach(
         model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
     for batch in batches(5):
         model.zero_grad()
@@ -265,7 +265,8 @@ def test_pooled_noise_is_a_window_of_the_pool_gated_by_one_minus_s() -> None:
         method.transform_grads()
         keep = torch.cat([k.flatten() for k in method.gate()])
         xi = torch.cat([(p.grad - g).flatten() for p, g in zip(model.parameters(), grads)]) / keep
-        pool = method.noise_pool
+        xi = xi / 0.5
+        pool = method.noise.table
         start = int((pool - xi[0]).abs().argmin())
         torch.testing.assert_close(xi, pool[start:start + len(xi)], rtol=1e-4, atol=1e-5)
 
@@ -461,7 +462,7 @@ def test_feature_level_gates_rows_by_unit_utility() -> None:
 
 def test_feature_level_noise_spares_the_output_layer() -> None:
     model = tiny_mlp()
-    method = UPGD(level="feature", sigma=0.1).attach(
+    method = UPGD(level="feature", sigma=0.1, noise="exact").attach(
         model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
     batch = batches(1)[0]
     batch.loss(model(batch.x)).backward()
@@ -474,10 +475,10 @@ def test_feature_level_noise_spares_the_output_layer() -> None:
 
 # --- state, composition, configuration ---------------------------------------------------------
 @pytest.mark.parametrize("config", [
-    {"noise": "pooled", "beta_utility": 0.5},
+    {"noise": "table", "beta_utility": 0.5},
     {"utility": "second", "sigma": 0.01},
     {"level": "feature", "scaling": "local", "protect": False, "sigma": 0.01},
-], ids=["pooled", "second", "feature-local-nonprotecting"])
+], ids=["table", "second", "feature-local-nonprotecting"])
 def test_state_dict_round_trip_continues_identically(config) -> None:
     scenario = toy_scenario("task")
     data = scenario.tasks[0].train_data()
@@ -507,7 +508,7 @@ def test_state_dict_round_trip_continues_identically(config) -> None:
 
 
 @pytest.mark.parametrize("config", [{"utility": "second"}, {"level": "feature"},
-                                    {"noise": "pooled", "protect": False}])
+                                    {"noise": "table", "protect": False}])
 def test_variants_train_and_detach_cleanly(config) -> None:
     scenario = toy_scenario("class")
     model = tiny_mlp(outputs=scenario.num_outputs)
@@ -531,7 +532,7 @@ def test_variants_train_and_detach_cleanly(config) -> None:
     ({"scaling": "layer"}, "global, local"),
     ({"level": "unit"}, "weight, feature"),
     ({"utility": "third"}, "first, second"),
-    ({"noise": "cheap"}, "fresh, pooled"),
+    ({"noise": "cheap"}, "auto, exact, table"),
     ({"protect": "maybe"}, "true or false"),
 ])
 def test_bad_config_is_refused(values, message) -> None:

@@ -74,7 +74,7 @@ class GaussianNoise:
     def state_dict(self) -> dict[str, Any]:
         if self.source == "exact":
             return {"source": "exact"}
-        return {"source": "table", "table": self.table, "position": self.position,
+        return {"source": "table", "table": self.table.clone(), "position": self.position,
                 "offsets": list(self.offsets.getstate()[1]),
                 "offsets_version": self.offsets.getstate()[0],
                 "offsets_gauss": self.offsets.getstate()[2]}

@@ -51,13 +51,13 @@ Details:
   (other layer types, anything before a non-chain module) get h = 0, i.e. first order. It needs
   the batch (targets, task ids): recorded by `prepare_batch` and `penalty`; a plain PyTorch loop
   calls `method.add_penalty(loss, batch, output)` before `backward()`.
-- Noise (`noise`): `fresh` draws ξ for every weight at every step, as the paper. On a CPU this is
-  the expensive part: PyTorch's CPU generator produces about one normal per 3 ns, as much time as
-  a whole batch-1 SGD step of a 784-100-100-10 MLP. `pooled` keeps a pool of about 2·n normals
-  (at least n + 65536), redraws 1/64 of it each step (each normal lives 64 steps) and reads the n
-  values at a random offset: within a step the values are independent N(0, σ²) and a weight's
-  successive values almost surely distinct normals, but the noise of one step is largely a
-  shifted copy of an earlier step's. Meant for CPUs; on a GPU `fresh` costs little.
+- Noise (`noise`): `exact` draws ξ for every weight at every step, as the paper. On a CPU this is
+  the expensive part: PyTorch's CPU generator produces about one normal per 3.5 ns, as much time
+  as a whole batch-1 SGD step of a 784-100-100-10 MLP. `table` reads the values from a rolling
+  table of normals (`lifelong.functional.noise.GaussianNoise`, shared with Shrink & Perturb):
+  independent N(0, σ²) within a step, every table entry redrawn within 32 steps, but one step's
+  noise partly repeats an earlier step's at other positions. `auto` (default) picks `table` on
+  the CPU and `exact` on accelerators, where drawing costs little.
 
 Speed (batch-1 streaming is bound by passes over memory): the trace is stored as
 v = ū·β^−(t − origin), so the decay costs no pass (v += β^−(t − origin)(1 − β)u, one fused
@@ -66,7 +66,7 @@ largest are then zeroed, which changes no float32 gate and keeps dead units' uti
 denormal numbers, many times slower to compute with. M is one `amax`. On a CPU, M is read as a
 number (free there) and the gate is one fused in-place pass per tensor, g ← g⊙sigmoid(−v/M); on an
 accelerator M stays on the device. The state (`state_dict`) holds v, its origin, t and, for pooled
-noise, the pool.
+noise, the table.
 """
 
 from __future__ import annotations
@@ -86,9 +86,8 @@ from ..core.registry import register_method
 from ..errors import ConfigError
 from ..functional import gradients_of
 from ..functional.hessian import LinearChainRecorder, LinearCurvature, output_curvature
+from ..functional.noise import GaussianNoise
 
-POOL_LIFETIME = 64  # pooled noise: steps a normal stays in the pool
-POOL_MIN_SPARE = 65536  # pooled noise: at least this many offsets to choose from
 # x ⊙ sigmoid(β v) in one pass (x where β v > c): see `UPGD._apply_gate`
 _times_sigmoid = torch.ops.aten.softplus_backward.grad_input
 
@@ -109,9 +108,9 @@ class UPGDConfig(Config):
     level: Literal["weight", "feature"] = option(
         "weight", "weight: one utility per weight; feature: one per hidden unit, gating its "
         "incoming weights and bias (output layer ungated)")
-    noise: Literal["fresh", "pooled"] = option(
-        "fresh", "fresh: a new normal per weight and step (the paper); pooled: read from a "
-        "partly redrawn pool at a random offset (several times cheaper on a CPU)")
+    noise: Literal["auto", "exact", "table"] = option(
+        "auto", "exact: a new normal per weight and step (the paper); table: a window of a "
+        "rolling noise table (several times cheaper on a CPU); auto: table on the CPU")
 
     def validate(self) -> None:
         if self.beta_utility >= 1:
@@ -125,7 +124,7 @@ class UPGD(Method):
     description = "utility-gated gradient and noise: protect useful weights, perturb the rest"
     Config = UPGDConfig
     gradient_stage = TRANSFORM
-    state_attrs = ("utility", "utility_origin", "steps", "noise_pool")
+    state_attrs = ("utility", "utility_origin", "steps", "noise")
 
     def __init__(self, config: UPGDConfig | dict | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -134,7 +133,7 @@ class UPGD(Method):
         self.utility: Tensor | None = None  # v, flat: every weight, or every hidden unit
         self.utility_origin = 0
         self.steps = 0  # t: updates seen
-        self.noise_pool: Tensor | None = None  # pooled noise only
+        self.noise: GaussianNoise | None = None  # ξ's source (None when σ = 0)
         self._recorder: LinearChainRecorder | None = None
         self._batch: Batch | None = None  # second order: the batch of this step
         self._output: Tensor | None = None
@@ -195,14 +194,8 @@ class UPGD(Method):
                     self._gate_segment.append(k)
         # sigmoid(x) rounds to 1 above this (float32: 17, float64: 37), softplus_backward's cut
         self._saturation = 40.0 if dtype == torch.float64 else 20.0
-        if cfg.sigma > 0 and cfg.noise == "pooled":
-            numel = self._noise_numel
-            block = -(-(numel + max(numel, POOL_MIN_SPARE)) // POOL_LIFETIME)
-            self.noise_pool = torch.empty(block * POOL_LIFETIME, dtype=dtype, device=device)
-            self.noise_pool.normal_(0.0, cfg.sigma, generator=self.generator)
-            self._pool_block = block
-            self._pool_layout = [(v.shape, v.stride(), v.storage_offset())
-                                 for v in self._noise_views]
+        self.noise = (GaussianNoise(self._gated_params, self.generator, cfg.noise)
+                      if cfg.sigma > 0 else None)
 
         if cfg.utility == "second":
             self._recorder = LinearChainRecorder(self.model)
@@ -238,14 +231,14 @@ class UPGD(Method):
         gated = grads if self._all_gated else [grads[i] for i in self._gated]
         curvature = self._curvature() if self._recorder is not None else {}
         self._trace_utility(grads, gated, curvature)
-        noise = self._draw_noise()
+        noise = None if self.noise is None else self.noise.sample()  # N(0, 1); ξ = σ·noise
         if cfg.protect:  # (g + ξ)(1 − s)
             if noise is not None:
-                torch._foreach_add_(gated, noise)
+                torch._foreach_add_(gated, noise, alpha=cfg.sigma)
             self._apply_gate(gated)
         elif noise is not None:  # g + ξ(1 − s)
             self._apply_gate(noise, out=self._noise_views)
-            torch._foreach_add_(gated, self._noise_views)
+            torch._foreach_add_(gated, self._noise_views, alpha=cfg.sigma)
         if cfg.weight_decay:
             torch._foreach_add_(grads, self.params, alpha=cfg.weight_decay)
 
@@ -343,24 +336,6 @@ class UPGD(Method):
         v.masked_fill_(v.abs() < floor, 0.0)
         self.utility_origin = step
 
-    def _draw_noise(self) -> list[Tensor] | None:
-        """ξ ~ N(0, σ²) for every gated tensor (None if σ = 0): views of the noise buffer, or of
-        the pool (read only)."""
-        sigma = self.config.sigma
-        if sigma == 0:
-            return None
-        if self.noise_pool is None:
-            self._noise_buffer.normal_(0.0, sigma, generator=self.generator)
-            return self._noise_views
-        pool, block = self.noise_pool, self._pool_block
-        start = (self.steps % POOL_LIFETIME) * block
-        pool[start:start + block].normal_(0.0, sigma, generator=self.generator)
-        spare = pool.numel() - self._noise_numel
-        offset = int(torch.randint(0, spare + 1, (1,), generator=self.generator,
-                                   device=self.generator.device))
-        return [pool.as_strided(shape, stride, offset + start) for shape, stride, start
-                in self._pool_layout]
-
     # --- second order --------------------------------------------------------------------------
     def prepare_batch(self, batch: Batch) -> Batch:
         self._batch = batch
@@ -421,13 +396,13 @@ class UPGD(Method):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()  # copies: the buffers change in place at every step
-        for name in ("utility", "noise_pool"):
+        for name in ("utility",):
             if isinstance(state[name], Tensor):
                 state[name] = state[name].clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        buffers = {"utility": self.utility, "noise_pool": self.noise_pool}
+        buffers = {"utility": self.utility}
         super().load_state_dict(state)
         for name, buffer in buffers.items():
             loaded = getattr(self, name)
