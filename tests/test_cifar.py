@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 import io
 import pickle
 import sys
@@ -18,6 +19,9 @@ from lifelong.data import ArraySplits, load_cifar10, md5sum
 from lifelong.data import cifar as cifar_mod
 from lifelong.errors import DataError
 
+# the module (lifelong.data.download is also the name of its function)
+download_mod = importlib.import_module("lifelong.data.download")
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_ZIP = SHARED_DATA / "cifar10-jpg" / "cifar10_jpg_q75.zip"
 BATCHES = (*cifar_mod.TRAIN_BATCHES, *cifar_mod.TEST_BATCHES)
@@ -30,7 +34,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LIFELONG_CACHE", str(cache))
     for var in ("LIFELONG_DATA", "LIFELONG_NO_DOWNLOAD", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cifar_mod, "_MD5_CACHE", {})
+    monkeypatch.setattr(download_mod, "_MD5_CACHE", {})
     monkeypatch.setattr(cifar_mod, "_lossy_warned", False)
 
     def refuse(*args: object, **kwargs: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +17,9 @@ import pytest
 from lifelong.data import md5sum, write_idx
 from lifelong.data import mnist as mnist_mod
 
+# the module (lifelong.data.download is also the name of its function)
+download_mod = importlib.import_module("lifelong.data.download")
+
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -24,7 +28,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LIFELONG_CACHE", str(cache))
     for var in ("LIFELONG_DATA", "LIFELONG_NO_DOWNLOAD", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(mnist_mod, "_MD5_CACHE", {})
+    monkeypatch.setattr(download_mod, "_MD5_CACHE", {})
     return cache
 
 

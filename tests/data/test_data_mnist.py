@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import shutil
 import socket
@@ -12,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lifelong.data import ArraySplits, load_fashion_mnist, load_mnist
+from lifelong.data import ArraySplits, load_fashion_mnist, load_mnist, md5sum
 from lifelong.data import mnist as mnist_mod
 from lifelong.errors import DataError
+
+# the module (lifelong.data.download is also the name of its function)
+download_mod = importlib.import_module("lifelong.data.download")
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -66,7 +70,7 @@ def test_corrupt_file_names_file_and_checksums(tmp_path: Path, fake_idx_dataset)
     with pytest.raises(DataError) as err:
         load_mnist(tmp_path)
     msg = str(err.value)
-    assert str(path) in msg and expected in msg and mnist_mod.md5sum(path) in msg
+    assert str(path) in msg and expected in msg and md5sum(path) in msg
     assert "delete it" in msg and "\n" not in msg
 
 
@@ -75,8 +79,8 @@ def test_md5_is_checked_once_per_file_version(
 ) -> None:
     fake = fake_idx_dataset(tmp_path / "mnist")
     calls: list[Path] = []
-    real_md5sum = mnist_mod.md5sum
-    monkeypatch.setattr(mnist_mod, "md5sum", lambda p: calls.append(p) or real_md5sum(p))
+    real_md5sum = download_mod.md5sum  # the files are hashed by lifelong.data.download
+    monkeypatch.setattr(download_mod, "md5sum", lambda p: calls.append(p) or real_md5sum(p))
     load_mnist(tmp_path)
     load_mnist(tmp_path)
     assert len(calls) == 4

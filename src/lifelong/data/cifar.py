@@ -30,7 +30,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from lifelong.data.arrays import ArraySplits
-from lifelong.data.download import cache_dir, data_dirs, download, downloads_enabled, md5sum
+from lifelong.data.download import (
+    cache_dir,
+    cached_md5,
+    data_dirs,
+    download,
+    downloads_enabled,
+)
 from lifelong.errors import DataError
 
 CLASSES = (
@@ -68,8 +74,6 @@ JPEG_ZIP = "cifar10_jpg_q75.zip"
 JPEG_SUBDIRS = ("cifar10-jpg", "")
 _CACHE_VERSION = 1  # bump when the decoded layout changes, so old cache files are not used
 
-# (resolved path, size, mtime_ns) -> md5, so repeated loads in one process hash each file once.
-_MD5_CACHE: dict[tuple[str, int, int], str] = {}
 _lossy_warned = False
 
 
@@ -137,11 +141,7 @@ def _load(dirs: list[Path], download_arg: bool | None) -> ArraySplits:
 def _verify(path: Path, expected: str) -> None:
     """Raise `DataError` unless `path` has MD5 `expected` (hashed once per path, size and mtime)."""
     try:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        actual = _MD5_CACHE.get(key)
-        if actual is None:
-            actual = _MD5_CACHE[key] = md5sum(path)
+        actual = cached_md5(path)
     except OSError as e:
         raise DataError(f"cannot read CIFAR-10 file {path}: {e}") from None
     if actual != expected:

@@ -81,6 +81,20 @@ def md5sum(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
     return h.hexdigest()
 
 
+# (resolved path, size, mtime_ns) -> md5, so repeated loads in one process hash each file once.
+_MD5_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def cached_md5(path: Path) -> str:
+    """`md5sum(path)`, computed once per path, size and modification time in a process (raises
+    OSError when the file cannot be read)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _MD5_CACHE:
+        _MD5_CACHE[key] = md5sum(path)
+    return _MD5_CACHE[key]
+
+
 def _progress_bar(stack: ExitStack, name: str, total: int | None):
     """Start a rich progress bar on stderr (closed with `stack`); return its `advance(n)`."""
     from rich.console import Console

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from lifelong.data.arrays import ArraySplits
-from lifelong.data.download import cache_dir, data_dirs, download, downloads_enabled, md5sum
+from lifelong.data.download import (
+    cache_dir,
+    cached_md5,
+    data_dirs,
+    download,
+    downloads_enabled,
+)
 from lifelong.data.idx import read_idx
 from lifelong.errors import DataError
 
@@ -93,8 +99,6 @@ SPECS: dict[str, IdxDatasetSpec] = {
     ),
 }
 
-# (resolved path, size, mtime_ns) -> md5, so repeated loads in one process hash each file once.
-_MD5_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def load_mnist(
@@ -168,11 +172,7 @@ def _verify(spec: IdxDatasetSpec, name: str, path: Path) -> None:
     """Raise `DataError` unless `path` has the official MD5 (compressed or not, by its name)."""
     expected = spec.files[name].md5_gz if path.name.endswith(".gz") else spec.files[name].md5_raw
     try:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        actual = _MD5_CACHE.get(key)
-        if actual is None:
-            actual = _MD5_CACHE[key] = md5sum(path)
+        actual = cached_md5(path)
     except OSError as e:
         raise DataError(f"cannot read {spec.name} file {path}: {e}") from None
     if actual == expected:
