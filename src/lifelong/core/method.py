@@ -122,13 +122,14 @@ class Method:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
-        wants_optimizer_hooks = self.overrides("transform_grads") or self.overrides("after_step")
+        # `uses` (not `overrides`): a method acts at a step hook only in some configurations
+        wants_optimizer_hooks = self.uses("transform_grads") or self.uses("after_step")
         if wants_optimizer_hooks and optimizer is None:
             raise ConfigError(f"{self.name} changes gradients or weights at each optimizer step "
                               "and needs the optimizer: attach(model, optimizer)")
-        if step_hooks and self.overrides("transform_grads"):
+        if step_hooks and self.uses("transform_grads"):
             self._handles.append(optimizer.register_step_pre_hook(self._pre_step_hook))
-        if step_hooks and self.overrides("after_step"):
+        if step_hooks and self.uses("after_step"):
             self._handles.append(optimizer.register_step_post_hook(self._post_step_hook))
         self.on_attach()
         return self

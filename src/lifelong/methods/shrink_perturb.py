@@ -72,7 +72,7 @@ class ShrinkPerturb(Method):
 
     def transform_grads(self) -> None:
         """Shrink before the step: (1 − lr·wd)θ, with each parameter group's lr."""
-        if self.config.mode != "step" or not self.config.weight_decay:
+        if not self.config.weight_decay:
             return
         with torch.no_grad():
             for params, group in self._shrink_groups:
@@ -81,7 +81,7 @@ class ShrinkPerturb(Method):
 
     def after_step(self) -> None:
         """Perturb after the step: θ += ξ, one draw for all parameters."""
-        if self.config.mode != "step" or not self.config.noise_std:
+        if not self.config.noise_std:
             return
         with torch.no_grad():
             torch._foreach_add_(self.params, self.noise.sample(), alpha=self.config.noise_std)
