@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._version import __version__
-from .core.compose import Composite, build_method, check_compatible, parse_method_spec
+from .core.compose import build_method, check_compatible, method_settings, parse_method_spec
 from .core.config import Config, option
 from .core.method import Method
 from .diagnostics import diagnose
@@ -169,9 +169,7 @@ def prepare(config: RunConfig) -> tuple[RunConfig, Method]:
     method = build_method(cfg.method, cfg.method_params)
     check_compatible(method, cfg.scenario)
     resolve_device(cfg.device)
-    members = method.members if isinstance(method, Composite) else [method]
-    full_params = {m.name: m.config.to_dict() for m in members if m.config.to_dict()}
-    return cfg.replace(method_params=full_params), method
+    return cfg.replace(method_params=method_settings(method)), method
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -134,7 +134,7 @@ def test_stream_command_writes_bins_diagnostics_and_summary(tmp_path) -> None:
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "ewc"], "needs task boundaries"),
-    (["--method", "lottery", "--boundaries"], "task ids at test time"),
+    (["--method", "lottery", "--boundaries"], "does not support the domain-incremental"),
     (["--benchmark", "permuted-mnist"], "unknown streaming benchmark"),
     (["--set", "benchmark.beta=2"], "beta"),
     (["--set", "nothing=1"], "no such setting"),

@@ -155,6 +155,12 @@ def build_method(spec: str, params: Mapping[str, Mapping[str, Any]] | None = Non
     return members[0] if len(members) == 1 else Composite(members)
 
 
+def method_settings(method: Method) -> dict[str, dict]:
+    """{member name: its full config} of a method or a composite (configs that have keys)."""
+    members = method.members if isinstance(method, Composite) else [method]
+    return {m.name: m.config.to_dict() for m in members if m.config.to_dict()}
+
+
 def check_compatible(method: Method, scenario: str, *, task_boundaries: bool = True) -> None:
     """Refuse, with the reason, a method that cannot run in this scenario."""
     members = method.members if isinstance(method, Composite) else [method]
@@ -166,5 +172,7 @@ def check_compatible(method: Method, scenario: str, *, task_boundaries: bool = T
             raise ConfigError(f"{member.name} needs the task id at test time, which only the "
                               f"task-incremental scenario gives (use --scenario task)")
         if member.needs_task_boundaries and not task_boundaries:
-            raise ConfigError(f"{member.name} consolidates at task boundaries, which this "
-                              "task-free stream does not announce")
+            raise ConfigError(f"{member.name} needs task boundaries, and the stream is "
+                              "task-free; pass --boundaries to announce them, or choose a "
+                              "task-free method (naive, l2 anchor=zero, cbp, upgd, "
+                              "shrink-perturb)")

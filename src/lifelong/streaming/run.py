@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 from .._version import __version__
-from ..core.compose import Composite, build_method, parse_method_spec
+from ..core.compose import build_method, check_compatible, method_settings, parse_method_spec
 from ..core.config import Config, option
 from ..core.method import Method
 from ..diagnostics import diagnose
@@ -117,21 +117,10 @@ def prepare_stream(config: StreamConfig) -> tuple[StreamConfig, Method]:
     """Resolve defaults and build the method; every configuration error surfaces here."""
     cfg = config.resolved()
     method = build_method(cfg.method, cfg.method_params)
-    members = method.members if isinstance(method, Composite) else [method]
-    if not cfg.boundaries:
-        needing = [m.name for m in members if m.needs_task_boundaries]
-        if needing:
-            raise ConfigError(f"{', '.join(needing)} needs task boundaries, and the stream is "
-                              "task-free; pass --boundaries to announce them, or choose a "
-                              "task-free method (naive, l2 anchor=zero, cbp, upgd, "
-                              "shrink-perturb)")
-    task_ids = [m.name for m in members if m.needs_task_ids_at_test]
-    if task_ids:
-        raise ConfigError(f"{', '.join(task_ids)} needs task ids at test time, which a stream "
-                          "does not have")
+    # a stream reads one shared output without task ids: domain-incremental
+    check_compatible(method, "domain", task_boundaries=cfg.boundaries)
     resolve_device(cfg.device)
-    full_params = {m.name: m.config.to_dict() for m in members if m.config.to_dict()}
-    return cfg.replace(method_params=full_params), method
+    return cfg.replace(method_params=method_settings(method)), method
 
 
 def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
