@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..core.batch import Batch
 from ..core.method import Method
+from ..training.loop import training_step
 from ..training.progress import Progress
 from .streams import Stream
 
@@ -130,11 +131,11 @@ def train_stream(
 
     def flush(task_score: list[float]) -> None:
         nonlocal bin_total, bin_count
-        total, count, mean_loss = accumulator.values()
+        score_sum, count, mean_loss = accumulator.values()
         if count:
-            task_score[0] += float(total)
+            task_score[0] += float(score_sum)
             task_score[1] += count
-            bin_total += float(total)
+            bin_total += float(score_sum)
             bin_count += count
             bin_losses.append(mean_loss)
 
@@ -149,19 +150,8 @@ def train_stream(
             progress.start_task(task, stream.num_tasks, -(-len(segment) // batch_size))
         task_score = [0.0, 0]  # sum of scores, samples
         for i, (x, y) in enumerate(zip(segment.x.split(batch_size), segment.y.split(batch_size))):
-            batch = Batch(x, y)
-            if prepare is not None:
-                batch = prepare(batch)
-            output = model(batch.x)
-            loss = batch.loss(output)
-            if penalty is not None:
-                term = penalty(batch, output)
-                if term is not None:
-                    loss = loss + term
+            output, loss = training_step(model, optimizer, Batch(x, y), None, prepare, penalty)
             accumulator.add(output[:len(x)], y, loss, loss_is_error)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             seen += len(x)
             steps += 1
             if progress is not None and steps % 256 == 0:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..core.batch import Batch
 from ..core.method import Method
@@ -28,6 +29,29 @@ class TaskTrainingStats:
     steps: int
     seconds: float
     epoch_losses: list[float]  # mean training loss of each epoch (or each pass over the data)
+
+
+Prepare = Callable[[Batch], Batch]
+Penalty = Callable[[Batch, Tensor], "Tensor | None"]
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+                  readout: Readout | None, prepare: Prepare | None, penalty: Penalty | None
+                  ) -> tuple[Tensor, Tensor]:
+    """One update (see the module docstring); `prepare` / `penalty` are the method's hooks, or
+    None when it does not use them. Returns the model's output and the loss."""
+    if prepare is not None:
+        batch = prepare(batch)
+    output = model(batch.x)
+    loss = batch.loss(output if readout is None else readout.select(output, batch.task_ids))
+    if penalty is not None:
+        term = penalty(batch, output)
+        if term is not None:
+            loss = loss + term
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return output, loss
 
 
 def count_steps(size: int, batch_size: int, epochs: int | None, iterations: int | None) -> int:
@@ -78,17 +102,7 @@ def train_task(
         index = order[position:position + batch_size]
         position += batch_size
         batch = Batch(x[index], y[index], None if task_ids is None else task_ids[index])
-        if prepare is not None:
-            batch = prepare(batch)
-        output = model(batch.x)
-        loss = batch.loss(readout.select(output, batch.task_ids))
-        if penalty is not None:
-            term = penalty(batch, output)
-            if term is not None:
-                loss = loss + term
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _, loss = training_step(model, optimizer, batch, readout, prepare, penalty)
         loss_sum += loss.detach()
         steps_in_epoch += 1
         if progress is not None:
