@@ -235,29 +235,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .models import MODELS
     from .scenarios import BENCHMARKS
 
-    console = _console()
-    methods = Table(title="methods (combine with '+', e.g. replay+ewc)")
-    methods.add_column("method", style="bold")
-    methods.add_column("description")
-    for name, description in list_methods().items():
-        methods.add_row(name, description)
-    console.print(methods)
-    benchmarks = Table(title="benchmarks")
-    benchmarks.add_column("benchmark", style="bold")
-    benchmarks.add_column("description")
-    benchmarks.add_column("default scenario")
-    for name in sorted(BENCHMARKS):
-        spec = BENCHMARKS[name]
-        benchmarks.add_row(name, spec.description, spec.default_scenario)
-    console.print(benchmarks)
+    def table(title: str, key: str, rows: dict[str, tuple[str, ...]], *extra: str) -> Table:
+        result = Table(title=title)
+        result.add_column(key, style="bold")
+        for column in ("description", *extra):
+            result.add_column(column)
+        for name, cells in rows.items():
+            result.add_row(name, *cells)
+        return result
+
     from .streaming import list_stream_benchmarks
 
-    streams = Table(title="streaming benchmarks (lifelong stream)")
-    streams.add_column("benchmark", style="bold")
-    streams.add_column("description")
-    for name, description in list_stream_benchmarks().items():
-        streams.add_row(name, description)
-    console.print(streams)
+    console = _console()
+    console.print(table("methods (combine with '+', e.g. replay+ewc)", "method",
+                        {n: (d,) for n, d in list_methods().items()}))
+    console.print(table("benchmarks", "benchmark",
+                        {n: (BENCHMARKS[n].description, BENCHMARKS[n].default_scenario)
+                         for n in sorted(BENCHMARKS)}, "default scenario"))
+    console.print(table("streaming benchmarks (lifelong stream)", "benchmark",
+                        {n: (d,) for n, d in list_stream_benchmarks().items()}))
     console.print("models: " + "; ".join(f"[bold]{k}[/]: {v}" for k, v in MODELS.items()))
     if args.verbose:
         for name in list_methods():

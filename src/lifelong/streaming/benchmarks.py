@@ -76,21 +76,23 @@ class StreamBenchmark:
     description: str
     options: type[Config]
     protocol: StreamProtocol
-    build_stream: Callable[[dict[str, Any], int, int, str | None], Stream]
+    build_stream: Callable[[str, dict[str, Any], int, int, str | None], Stream]
     needs_files: bool = False
 
     def build(self, *, num_tasks: int, seed: int, data_dir: str | None = None,
               options: dict[str, Any] | None = None) -> Stream:
         opts = self.options.from_dict(options or {}).to_dict()
-        return self.build_stream(opts, num_tasks, seed, data_dir)
+        return self.build_stream(self.name, opts, num_tasks, seed, data_dir)
 
 
-def _regression(opts: dict[str, Any], num_tasks: int, seed: int, data_dir: str | None) -> Stream:
+def _regression(name: str, opts: dict[str, Any], num_tasks: int, seed: int,
+                data_dir: str | None) -> Stream:
     return slowly_changing_regression(num_tasks=num_tasks, seed=seed, **opts)
 
 
-def _image_stream(loader: str, kind: str, name: str):
-    def build(opts: dict[str, Any], num_tasks: int, seed: int, data_dir: str | None) -> Stream:
+def _image_stream(loader: str, kind: str):
+    def build(name: str, opts: dict[str, Any], num_tasks: int, seed: int,
+              data_dir: str | None) -> Stream:
         from .. import data
 
         splits = getattr(data, loader)(data_dir)
@@ -111,22 +113,22 @@ STREAM_BENCHMARKS: dict[str, StreamBenchmark] = {
             "online-permuted-mnist", "Dohare et al.'s online permuted MNIST: a new pixel "
             "permutation every 60k images, 800 tasks", _options(60_000),
             StreamProtocol(hidden=(2000, 2000, 2000), lr=0.003, num_tasks=800),
-            _image_stream("load_mnist", "input", "online-permuted-mnist"), needs_files=True),
+            _image_stream("load_mnist", "input"), needs_files=True),
         StreamBenchmark(
             "input-permuted-mnist", "Elsayed & Mahmood's input-permuted MNIST: a new pixel "
             "permutation every 5000 steps, 1M steps", _options(5000),
             StreamProtocol(hidden=(300, 150), lr=0.01, num_tasks=200),
-            _image_stream("load_mnist", "input", "input-permuted-mnist"), needs_files=True),
+            _image_stream("load_mnist", "input"), needs_files=True),
         StreamBenchmark(
             "label-permuted-mnist", "Elsayed & Mahmood's label-permuted stream on MNIST (EMNIST "
             "in the paper): new labels every 2500 steps, 1M steps", _options(2500),
             StreamProtocol(hidden=(300, 150), lr=0.01, num_tasks=400),
-            _image_stream("load_mnist", "label", "label-permuted-mnist"), needs_files=True),
+            _image_stream("load_mnist", "label"), needs_files=True),
         StreamBenchmark(
             "label-permuted-cifar10", "Elsayed & Mahmood's label-permuted CIFAR-10: new labels "
             "every 2500 steps, 1M steps", _options(2500),
             StreamProtocol(hidden=(300, 150), lr=0.01, num_tasks=400),
-            _image_stream("load_cifar10", "label", "label-permuted-cifar10"), needs_files=True),
+            _image_stream("load_cifar10", "label"), needs_files=True),
     ]
 }
 

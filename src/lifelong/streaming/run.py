@@ -123,6 +123,12 @@ def prepare_stream(config: StreamConfig) -> tuple[StreamConfig, Method]:
     return cfg.replace(method_params=method_settings(method)), method
 
 
+def _no_test_sets(model: torch.nn.Module) -> list[float]:
+    """The evaluator a stream gives `Method.report`: a stream has no per-task test sets."""
+    raise ConfigError("this method's report evaluates on each task's test set, which a stream "
+                      "does not have; run it with `lifelong run` on a task benchmark")
+
+
 def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
                progress: bool = True, label: str = "") -> StreamResult:
     """Train `config.method` online on the benchmark's stream; see the module docstring."""
@@ -146,7 +152,7 @@ def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
         run_dir.write_config(config_dict)
     bins: list[dict[str, Any]] = []
     diagnoses: list[dict[str, Any]] = []
-    probes: dict[int, Any] = {}
+    probe: list[Any] = [None, None]  # [task, its probe batch]: one task's probe at a time
     diagnosis_seconds = 0.0  # kept out of the per-step time
 
     def log_bin(b: StreamBin) -> None:
@@ -163,13 +169,11 @@ def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
     def log_diagnosis(task: int, seen: int) -> None:
         nonlocal diagnosis_seconds
         clock = time.perf_counter()
-        if task not in probes:
-            probes.clear()  # one task's probe at a time
-            probes[task] = stream.probe(task, cfg.probe_size).to(device)
-        record = {"samples": seen, "task": task,
-                  **diagnose(model, probes[task], lr=cfg.lr)}
+        if probe[0] != task:
+            probe[:] = [task, stream.probe(task, cfg.probe_size).to(device)]
+        record = {"samples": seen, "task": task, **diagnose(model, probe[1], lr=cfg.lr)}
         if method.uses("report"):
-            record.update(method.report(task, lambda m: []))
+            record.update(method.report(task, _no_test_sets))
         diagnoses.append(record)
         if run_dir:
             run_dir.log(event="diagnostics", **record)
