@@ -65,8 +65,8 @@ v = ū·β^−(t − origin), so the decay costs no pass (v += β^−(t − orig
 largest are then zeroed, which changes no float32 gate and keeps dead units' utilities out of
 denormal numbers, many times slower to compute with. M is one `amax`. On a CPU, M is read as a
 number (free there) and the gate is one fused in-place pass per tensor, g ← g⊙sigmoid(−v/M); on an
-accelerator M stays on the device. The state (`state_dict`) holds v, its origin, t and, for pooled
-noise, the table.
+accelerator M stays on the device. The state (`state_dict`) holds v, its origin, t and the noise
+source's state (for table noise, the table).
 """
 
 from __future__ import annotations
