@@ -95,6 +95,8 @@ def test_table_noise_is_a_window_of_a_rolling_standard_normal_table() -> None:
                  ).nonzero()[0])
     assert torch.equal(noise.table[start:start + len(flat)], flat)
     draws = torch.cat([torch.cat([t.flatten() for t in noise.sample()]) for _ in range(20)])
+    # the window moves: 20 samples come from many of the 64 windows
+    assert len({noise.sample()[0].data_ptr() for _ in range(20)}) > 5
     assert abs(float(draws.mean())) < 0.01 and abs(float(draws.std()) - 1) < 0.01
     for _ in range(8):
         noise.sample()
