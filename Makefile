@@ -1,30 +1,38 @@
 # Two commands: `make demo` and `make test`. Each creates (or reuses) .venv, installs torch first
-# (TORCH=... to choose another build), then the project, then runs.
+# (TORCH=... to choose another build), then the project: the core for the demo, with every extra
+# for the tests (the Hugging Face, tracking and Ray integrations are tested too).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+VERSION := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CORE := $(VENV)/.installed-core-$(VERSION)
+FULL := $(VENV)/.installed-full-$(VERSION)
 
 .PHONY: demo test lint install clean
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	rm -f $(VENV)/.installed-core-*
+	touch $(CORE)
 
-install: $(STAMP)
+$(FULL): $(CORE)
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev,hf,tracking,ray]"
+	rm -f $(VENV)/.installed-full-*
+	touch $(FULL)
 
-demo: $(STAMP)
+install: $(FULL)
+
+demo: $(CORE)
 	$(BIN)/lifelong demo
 
-test: $(STAMP)
+test: $(FULL)
 	$(BIN)/python -m pytest -q -n 2
 
-lint: $(STAMP)
+lint: $(CORE)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:

@@ -51,7 +51,7 @@ class RunConfig(Config):
     optimizer: Literal["sgd", "adam"] | None = option(None, "optimizer")
     momentum: float = option(0.0, "SGD momentum", low=0, high=1)
     weight_decay: float = option(0.0, "the optimizer's weight decay", low=0)
-    model: str = option("mlp", "model architecture")
+    model: str | None = option(None, "model architecture (default: the benchmark's)")
     hidden: tuple[int, ...] | None = option(None, "hidden layer widths, e.g. 400,400", low=1)
     dropout: float = option(0.0, "dropout after each hidden layer", low=0, high=1)
     head: Literal["multi", "shared"] = option(
@@ -96,6 +96,7 @@ class RunConfig(Config):
             batch_size=self.batch_size or protocol.batch_size,
             lr=self.lr or protocol.lr,
             optimizer=self.optimizer or protocol.optimizer,
+            model=self.model or protocol.model,
             hidden=list(self.hidden or protocol.hidden),
             method_params={n: p for n, p in params.items() if p},
             benchmark_params=benchmark.options.from_dict(self.benchmark_params).to_dict(),

@@ -27,6 +27,7 @@ class Protocol:
     # per scenario, on top of method_params (the published tuning differs by scenario)
     scenario_method_params: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(
         default_factory=dict)
+    model: str = "mlp"  # a name of lifelong.models.MODELS
 
     def params_for(self, scenario: str, method: str) -> dict[str, Any]:
         return {**self.method_params.get(method, {}),
