@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", "-m", help="method, or methods joined by '+' (replay+ewc)")
     run.add_argument("--seed", type=int)
     run.add_argument("--out", help="output folder (default: runs/BENCHMARK-SCENARIO-METHOD-sSEED)")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue the run in DIR from its last checkpoint (written after every "
+                          "task), with DIR's config.yaml; the result equals an uninterrupted run")
     _add_training_flags(run)
 
     compare = commands.add_parser("compare", help="a grid of methods x seeds, mean ± std")
@@ -273,6 +276,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .experiment import prepare, run_experiment
     from .report.tables import accuracy_matrix_table, metrics_table
 
+    if args.resume:
+        return _resume_run(args)
     settings = base_settings(args)
     settings = route_settings(args.settings, settings.get("method", "naive"), settings)
     config = _run_config(settings)
@@ -283,6 +288,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
                   f"({resolved.scenario}-incremental), seed {resolved.seed} -> {out}")
     result = run_experiment(config, out, progress=not args.quiet)
+    console.print(accuracy_matrix_table(result.accuracy_matrix, result.baseline_accuracy))
+    console.print(metrics_table(result.summary()))
+    console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
+    return 0
+
+
+def _resume_run(args: argparse.Namespace) -> int:
+    from .experiment import resume_experiment
+    from .report.tables import accuracy_matrix_table, metrics_table
+
+    given = sorted(base_settings(args)) + (["--set"] if args.settings else []) + (
+        ["--out"] if args.out else [])
+    if given:
+        raise ConfigError(f"--resume takes the run's settings from DIR/config.yaml; do not add "
+                          f"{', '.join(given)}")
+    out = Path(args.resume)
+    console = _console()
+    if (out / "summary.json").is_file():
+        console.print(f"{out} is finished (summary.json); nothing to resume")
+        return 0
+    console.print(f"resuming {out}")
+    result = resume_experiment(out, progress=not args.quiet)
     console.print(accuracy_matrix_table(result.accuracy_matrix, result.baseline_accuracy))
     console.print(metrics_table(result.summary()))
     console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from ._version import __version__
+from .checkpoint import CHECKPOINT
 from .errors import ConfigError
 from .rundir import write_json
 
@@ -21,15 +22,17 @@ SUMMARY_KEYS = ("acc", "bwt", "fwt", "forgetting", "seconds")
 
 
 def _run_one(config: dict[str, Any], out_dir: str, threads: int | None,
-             progress: bool, label: str) -> dict[str, Any]:
-    """One run (in a worker process when jobs > 1); returns its summary."""
+             progress: bool, label: str, resume: bool = False) -> dict[str, Any]:
+    """One run (in a worker process when jobs > 1); returns its summary. `resume`: continue
+    from the checkpoint in `out_dir`."""
     import torch
 
     from .experiment import RunConfig, run_experiment
 
     if threads:
         torch.set_num_threads(threads)
-    result = run_experiment(RunConfig.from_dict(config), out_dir, progress=progress, label=label)
+    result = run_experiment(RunConfig.from_dict(config), out_dir, progress=progress, label=label,
+                            resume=resume)
     return result.summary()
 
 
@@ -64,15 +67,25 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
     return plan
 
 
+def _same_config(directory: Path, config: dict[str, Any]) -> bool:
+    if not (directory / "config.yaml").is_file():
+        return False
+    wanted = yaml.safe_load(yaml.safe_dump({"lifelong_version": __version__, **config}))
+    return yaml.safe_load((directory / "config.yaml").read_text()) == wanted
+
+
 def finished_summary(directory: str | Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The summary of a run already in `directory` with exactly this configuration, or None."""
     directory = Path(directory)
-    if not (directory / "summary.json").is_file() or not (directory / "config.yaml").is_file():
-        return None
-    wanted = yaml.safe_load(yaml.safe_dump({"lifelong_version": __version__, **config}))
-    if yaml.safe_load((directory / "config.yaml").read_text()) != wanted:
+    if not (directory / "summary.json").is_file() or not _same_config(directory, config):
         return None
     return json.loads((directory / "summary.json").read_text())
+
+
+def resumable(directory: str | Path, config: dict[str, Any]) -> bool:
+    """Whether `directory` holds an unfinished run of this configuration with a checkpoint."""
+    directory = Path(directory)
+    return (directory / CHECKPOINT).is_file() and _same_config(directory, config)
 
 
 def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[int],
@@ -81,7 +94,8 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     """Run every method with every seed into `out/METHOD/seedN/`, then write
     `out/comparison.json` with each metric's mean ± std (sample std over seeds) per method.
 
-    `resume=True` keeps the finished runs whose folder holds the same configuration."""
+    `resume=True` keeps the finished runs whose folder holds the same configuration and
+    continues the unfinished ones from their checkpoints."""
     plan = plan_grid(settings, methods, seeds, set_pairs)
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
     directories = {(m, s): str(out / m / f"seed{s}") for m, s, _ in plan}
@@ -93,17 +107,19 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
         plan_to_run = [item for item in plan if (item[0], item[1]) not in summaries]
     else:
         plan_to_run = plan
+    continued = {(m, s): resume and resumable(directories[(m, s)], config)
+                 for m, s, config in plan_to_run}
     if jobs == 1:
         for index, (method, seed, config) in enumerate(plan_to_run):
             label = f"[{index + 1}/{len(plan_to_run)}] {method} seed {seed} · "
             summaries[(method, seed)] = _run_one(config, directories[(method, seed)], None,
-                                                 progress, label)
+                                                 progress, label, continued[(method, seed)])
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
         with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            pending = {pool.submit(_run_one, config, directories[(m, s)], threads, False, ""):
-                       (m, s) for m, s, config in plan_to_run}
+            pending = {pool.submit(_run_one, config, directories[(m, s)], threads, False, "",
+                                   continued[(m, s)]): (m, s) for m, s, config in plan_to_run}
             with _GridProgress(progress, len(pending)) as bar:
                 for done in futures.as_completed(pending):
                     summaries[pending[done]] = done.result()

@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import yaml
 
 from ._version import __version__
+from .checkpoint import CHECKPOINT, RunProgress, load_checkpoint, save_checkpoint
 from .core.compose import build_method, check_compatible, method_settings, parse_method_spec
 from .core.config import Config, option
 from .core.method import Method
@@ -27,7 +29,7 @@ from .diagnostics import diagnose
 from .errors import ConfigError
 from .metrics import summarize
 from .models import build_model
-from .rundir import RunDir
+from .rundir import RunDir, jsonable
 from .scenarios import Scenario, get_benchmark
 from .training.evaluate import evaluate
 from .training.loop import count_steps, train_task
@@ -206,10 +208,18 @@ def baseline_accuracies(model: torch.nn.Module, scenario: Scenario, device: torc
 
 
 def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
-                   progress: bool = True, label: str = "") -> RunResult:
+                   progress: bool = True, label: str = "", resume: bool = False,
+                   checkpoint: bool = True) -> RunResult:
     """Train `config.method` on every task of the benchmark in turn, evaluating all tasks after
-    each; write config.yaml, metrics.jsonl and summary.json to `out_dir` when given."""
+    each; write config.yaml, metrics.jsonl, summary.json and, after every task, checkpoint.pt
+    (`checkpoint=False`: none) to `out_dir` when given.
+
+    `resume=True` continues the run in `out_dir` from its last checkpoint (from the start when a
+    kill came before the first one): the result equals an uninterrupted run's
+    (`lifelong.checkpoint`)."""
     cfg, method = prepare(config)
+    if resume and out_dir is None:
+        raise ConfigError("resuming needs the run's folder")
     device = resolve_device(cfg.device)
     benchmark = get_benchmark(cfg.benchmark)
     scenario = benchmark.build(cfg.scenario, data_dir=cfg.data_dir, head=cfg.head,
@@ -227,19 +237,27 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    run_dir = RunDir(out_dir) if out_dir is not None else None
     config_dict = {"lifelong_version": __version__, **cfg.to_dict()}
-    if run_dir:
-        run_dir.write_config(config_dict)
-    started = time.perf_counter()
-    baseline = baseline_accuracies(model, scenario, device, cfg.eval_batch_size)
-    if run_dir:
-        run_dir.log(event="baseline", accuracy=baseline)
-    accuracy_matrix: list[list[float]] = []
-    loss_matrix: list[list[float]] = []
-    task_seconds: list[float] = []
-    method_reports: list[dict[str, float]] = []
-    diagnoses: list[dict[str, Any]] = []
+    done = RunProgress()
+    run_dir = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        if resume and (out / CHECKPOINT).is_file():
+            _check_same_config(out, config_dict)
+            done = load_checkpoint(out, model=model, optimizer=optimizer, method=method,
+                                   readout=readout, shuffle=shuffle)
+            run_dir = RunDir(out, append=True, truncate_at=done.metrics_bytes)
+        else:
+            if resume:
+                _check_same_config(out, config_dict)
+            (out / CHECKPOINT).unlink(missing_ok=True)  # a stale one must not be resumed
+            run_dir = RunDir(out)
+            run_dir.write_config(config_dict)
+    started = time.perf_counter() - done.seconds
+    if done.next_task == 0:
+        done.baseline = baseline_accuracies(model, scenario, device, cfg.eval_batch_size)
+        if run_dir:
+            run_dir.log(event="baseline", accuracy=done.baseline)
 
     def evaluate_all(candidate: torch.nn.Module) -> list[float]:
         return [evaluate(candidate, readout, other.test_data(device), cfg.eval_batch_size)[0]
@@ -247,7 +265,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
 
     try:
         with Progress(progress, label=label) as bar:
-            for task in scenario.tasks:
+            for task in scenario.tasks[done.next_task:]:
                 task_started = time.perf_counter()
                 readout.begin_task(task.id)
                 method.before_task(task.id)
@@ -270,36 +288,72 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
                     if run_dir:
                         run_dir.log(event="eval", after_task=task.id, task=other.id,
                                     accuracy=accuracy, loss=loss)
-                accuracy_matrix.append(row)
-                loss_matrix.append(losses)
+                done.accuracy_matrix.append(row)
+                done.loss_matrix.append(losses)
                 if method.uses("report"):
-                    method_reports.append(method.report(task.id, evaluate_all))
+                    done.method_reports.append(method.report(task.id, evaluate_all))
                     if run_dir:
-                        run_dir.log(event="method", task=task.id, **method_reports[-1])
+                        run_dir.log(event="method", task=task.id, **done.method_reports[-1])
                 if cfg.diagnostics:
                     probe = data.select(slice(0, cfg.probe_size))
-                    diagnoses.append({"task": task.id, **diagnose(
+                    done.diagnostics.append({"task": task.id, **diagnose(
                         model, probe, lr=cfg.lr, readout=readout)})
                     if run_dir:
-                        run_dir.log(event="diagnostics", **diagnoses[-1])
-                task_seconds.append(time.perf_counter() - task_started)
+                        run_dir.log(event="diagnostics", **done.diagnostics[-1])
+                done.task_seconds.append(time.perf_counter() - task_started)
                 if run_dir:
                     run_dir.log(event="task_end", task=task.id, steps=stats.steps,
-                                train_seconds=stats.seconds, seconds=task_seconds[-1],
+                                train_seconds=stats.seconds, seconds=done.task_seconds[-1],
                                 epoch_losses=stats.epoch_losses)
+                    if checkpoint:
+                        done.next_task = task.id + 1
+                        done.seconds = time.perf_counter() - started
+                        done.metrics_bytes = run_dir.metrics_bytes()
+                        save_checkpoint(run_dir.path, model=model, optimizer=optimizer,
+                                        method=method, readout=readout, shuffle=shuffle,
+                                        progress=done)
     finally:
         method.detach()
         if run_dir:
             run_dir.close()
     result = RunResult(
-        config=config_dict, accuracy_matrix=accuracy_matrix, loss_matrix=loss_matrix,
-        baseline_accuracy=baseline, metrics=summarize(accuracy_matrix, _fwt_baseline(baseline)),
-        task_seconds=task_seconds, method_reports=method_reports, diagnostics=diagnoses,
-        seconds=time.perf_counter() - started,
+        config=config_dict, accuracy_matrix=done.accuracy_matrix, loss_matrix=done.loss_matrix,
+        baseline_accuracy=done.baseline,
+        metrics=summarize(done.accuracy_matrix, _fwt_baseline(done.baseline)),
+        task_seconds=done.task_seconds, method_reports=done.method_reports,
+        diagnostics=done.diagnostics, seconds=time.perf_counter() - started,
         peak_memory_mb=_peak_memory_mb(device), device=str(device))
     if run_dir:
         run_dir.write_summary(result.summary())
     return result
+
+
+def resume_experiment(out_dir: str | Path, *, progress: bool = True,
+                      label: str = "") -> RunResult:
+    """Continue the run in `out_dir` (its config.yaml) from its last checkpoint."""
+    out = Path(out_dir)
+    config_file = out / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{out} holds no config.yaml: it is not a run folder of `lifelong run`")
+    saved = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    saved.pop("lifelong_version", None)
+    return run_experiment(RunConfig.from_dict(saved), out, progress=progress, label=label,
+                          resume=True)
+
+
+def _check_same_config(out: Path, config: dict[str, Any]) -> None:
+    """A resumed run must have the configuration its folder was started with."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"cannot resume {out}: it holds no config.yaml")
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    wanted = yaml.safe_load(yaml.safe_dump(jsonable(config), sort_keys=False))
+    saved.pop("lifelong_version", None)
+    wanted.pop("lifelong_version", None)
+    if saved != wanted:
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        raise ConfigError(f"cannot resume {out}: its config.yaml differs from this run's in "
+                          f"{', '.join(changed)}; start a new folder instead")
 
 
 def _fwt_baseline(baseline: list[float | None]) -> list[float]:

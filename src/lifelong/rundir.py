@@ -55,11 +55,21 @@ def write_yaml(path: Path, data: Any) -> None:
 class RunDir:
     """The output folder of one run."""
 
-    def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, append: bool = False,
+                 truncate_at: int | None = None) -> None:
+        """`append=True` continues metrics.jsonl; `truncate_at` first cuts it to that many bytes
+        (a resumed run drops the lines of the task it repeats)."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        metrics = self.path / "metrics.jsonl"
+        if append and truncate_at is not None and metrics.is_file():
+            os.truncate(metrics, min(truncate_at, metrics.stat().st_size))
         self._metrics = open(  # noqa: SIM115
-            self.path / "metrics.jsonl", "a" if append else "w", encoding="utf-8")
+            metrics, "a" if append else "w", encoding="utf-8")
+
+    def metrics_bytes(self) -> int:
+        """The length of metrics.jsonl so far (every line is flushed)."""
+        return self._metrics.tell()
 
     def log(self, **record: Any) -> None:
         self._metrics.write(json.dumps(jsonable(record)) + "\n")
