@@ -111,3 +111,40 @@ def test_identity_readout() -> None:
     readout = Readout.identity()
     out = torch.randn(2, 3)
     assert readout.select(out) is out
+
+
+def test_cumulative_tasks_train_on_every_class_so_far() -> None:
+    x, y, xt, yt = data()
+    order = [5, 4, 3, 2, 1, 0]
+    s = split_by_classes(x, y, xt, yt, classes_per_task=2, scenario="class", class_order=order,
+                         cumulative=True)
+    assert [t.name for t in s.tasks] == ["classes 5,4", "classes 3,2 + 2 earlier",
+                                         "classes 1,0 + 4 earlier"]
+    for t, task in enumerate(s.tasks):
+        seen = order[:2 * (t + 1)]
+        train = task.train_data()
+        rows = np.isin(y.numpy(), seen)  # an independent selection of the training rows
+        assert torch.equal(train.x, x[rows])
+        assert train.y.tolist() == [order.index(c) for c in y[rows].tolist()]  # class-IL units
+        test = task.test_data()  # tested on its new classes only
+        new = order[2 * t:2 * t + 2]
+        assert torch.equal(test.x, xt[np.isin(yt.numpy(), new)])
+        assert set(test.y.tolist()) == {2 * t, 2 * t + 1}
+    assert s.tasks[2].train_data() is not s.tasks[2].train_data()  # rebuilt, not kept
+    with pytest.raises(ConfigError, match="cumulative tasks need the class-incremental scenario"):
+        split_by_classes(x, y, xt, yt, scenario="task", cumulative=True)
+
+
+def test_split_scenario_from_array_splits() -> None:
+    from lifelong.data import ArraySplits
+    from lifelong.scenarios import split_scenario
+
+    x, y, xt, yt = data(4)
+    splits = ArraySplits(x.numpy(), y.numpy(), xt.numpy(), yt.numpy(),
+                         class_names=("a", "b", "c", "d"))
+    s = split_scenario(splits, classes_per_task=2, scenario="class")
+    direct = split_by_classes(x, y, xt, yt, classes_per_task=2, scenario="class")
+    assert s.class_names == ["a", "b", "c", "d"] and s.kind == "class"
+    for mine, theirs in zip(s.tasks, direct.tasks):
+        assert torch.equal(mine.train_data().x, theirs.train_data().x)
+        assert torch.equal(mine.train_data().y, theirs.train_data().y)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -17,19 +16,11 @@ import pytest
 from lifelong.data import md5sum, write_idx
 from lifelong.data import mnist as mnist_mod
 
-# the module (lifelong.data.download is also the name of its function)
-download_mod = importlib.import_module("lifelong.data.download")
-
 
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the cache at a temp dir, clear the data variables and the in-process MD5 cache."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LIFELONG_CACHE", str(cache))
-    for var in ("LIFELONG_DATA", "LIFELONG_NO_DOWNLOAD", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(download_mod, "_MD5_CACHE", {})
-    return cache
+def isolated_env(isolated_env: Path) -> Path:
+    """tests/conftest.py's isolated cache, for every data test."""
+    return isolated_env
 
 
 class _Handler(SimpleHTTPRequestHandler):

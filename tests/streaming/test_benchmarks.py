@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_cifar import _fake_batches
-from test_cifar import fake_tarball as fake_tarball  # noqa: F401 (a fixture)
-from test_cifar import isolated_env as isolated_env  # noqa: F401 (a fixture)
+from cifar_fakes import fake_batches as _fake_batches
 
 from lifelong.errors import ConfigError
 from lifelong.streaming import STREAM_BENCHMARKS, StreamConfig, get_stream_benchmark, run_stream

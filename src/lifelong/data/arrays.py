@@ -14,14 +14,16 @@ class ArraySplits:
     """Train and test arrays of one dataset, as returned by every loader in `lifelong.data`.
 
     `x_*` may have any dtype and shape `[N, ...]` (uint8 `[N, 28, 28]` for MNIST, float32 `[N, 64]`
-    for digits); `y_*` are int64 class labels of shape `[N]`. Comparison is by identity (`eq=False`)
-    because element-wise `==` on arrays has no single truth value.
+    for digits); `y_*` are int64 class labels of shape `[N]`; `class_names`, when known, names
+    label i (`class_names[i]`). Comparison is by identity (`eq=False`) because element-wise `==`
+    on arrays has no single truth value.
     """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -31,6 +33,10 @@ class ArraySplits:
             if x.ndim < 1 or len(x) != len(y):
                 rows = len(x) if x.ndim else 0
                 raise DataError(f"x_{split} has {rows} rows but y_{split} has {len(y)} labels")
+        if self.class_names is not None and len(self.class_names) < self.num_classes:
+            raise DataError(
+                f"{len(self.class_names)} class names for labels up to {self.num_classes - 1}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -44,5 +50,6 @@ class ArraySplits:
 
         return (
             f"ArraySplits(x_train={desc(self.x_train)}, y_train={desc(self.y_train)}, "
-            f"x_test={desc(self.x_test)}, y_test={desc(self.y_test)})"
+            f"x_test={desc(self.x_test)}, y_test={desc(self.y_test)}"
+            + (f", {len(self.class_names)} class names)" if self.class_names else ")")
         )

@@ -1,9 +1,11 @@
-"""MNIST and Fashion-MNIST from their four official IDX files: found locally or downloaded.
+"""MNIST, Fashion-MNIST and KMNIST from their four official IDX files: found locally or downloaded.
 
 Each file is looked for in every directory of `data_dirs()`, in the dataset's usual subfolders
 (`mnist/`, torchvision's `MNIST/raw/`, then the directory itself), compressed (`.gz`) or not. Every
 file found is MD5-checked against the official checksum (once per path, size and mtime in a
 process). A file found nowhere is downloaded into the cache, unless downloads are disabled.
+A decompressed file is only accepted where the MD5 of the decompressed official file is known
+(not for KMNIST, whose publishers and torchvision give the `.gz` MD5s only).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 @dataclass(frozen=True)
 class FileSpec:
-    """Official MD5s of one file, compressed (as published) and decompressed."""
+    """Official MD5s of one file, compressed (as published) and decompressed (None where no
+    trustworthy checksum of the decompressed file is known: only the `.gz` is then accepted)."""
 
     md5_gz: str
-    md5_raw: str
+    md5_raw: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,24 @@ SPECS: dict[str, IdxDatasetSpec] = {
             ),
         },
     ),
+    # Kuzushiji-MNIST (Clanuwat et al. 2018), CC BY-SA 4.0. The .gz MD5s are those of torchvision's
+    # datasets.KMNIST (the same in every copy we checked); no published MD5 of the decompressed
+    # files was found, so only the .gz files are accepted.
+    "kmnist": IdxDatasetSpec(
+        name="KMNIST",
+        subdirs=("kmnist", "KMNIST/raw", ""),
+        mirrors=(
+            "https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+            "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+        ),
+        files={
+            TRAIN_IMAGES: FileSpec("bdb82020997e1d708af4cf47b453dcf7"),
+            TRAIN_LABELS: FileSpec("e144d726b3acfaa3e44228e80efcd344"),
+            TEST_IMAGES: FileSpec("5c965bf0a639b31b8f53240b1b52f4d7"),
+            TEST_LABELS: FileSpec("7320c461ea6c1c855c0b718fb2a4b134"),
+        },
+    ),
 }
-
 
 
 def load_mnist(
@@ -122,6 +141,18 @@ def load_fashion_mnist(
     return load_idx_dataset(SPECS["fashion_mnist"], data_dir, download=download)
 
 
+def load_kmnist(
+    data_dir: str | os.PathLike | None = None, *, download: bool | None = None
+) -> ArraySplits:
+    """KMNIST (Kuzushiji-MNIST, Clanuwat et al. 2018): 10 classes of cursive Japanese
+    characters, uint8 images `[60000, 28, 28]` / `[10000, 28, 28]`, int64 labels 0-9.
+
+    Files are looked for in `DIR/kmnist/`, torchvision's `DIR/KMNIST/raw/` or `DIR` itself, as the
+    official `.gz` files only (see the module docstring). Arguments as for `load_mnist`.
+    """
+    return load_idx_dataset(SPECS["kmnist"], data_dir, download=download)
+
+
 def load_idx_dataset(
     spec: IdxDatasetSpec, data_dir: str | os.PathLike | None = None, *, download: bool | None = None
 ) -> ArraySplits:
@@ -133,10 +164,15 @@ def load_idx_dataset(
     return ArraySplits(x_train, y_train, x_test, y_test)
 
 
+def _names(spec: IdxDatasetSpec, name: str) -> tuple[str, ...]:
+    """Accepted names of file `name`: the .gz, then the decompressed file if it can be checked."""
+    raw = name.removesuffix(".gz")
+    return (name, raw) if spec.files[name].md5_raw else (name,)
+
+
 def _candidates(spec: IdxDatasetSpec, name: str, dirs: list[Path]) -> list[Path]:
     """Every path where `name` may be, in search order (the .gz before the decompressed file)."""
-    raw = name.removesuffix(".gz")
-    return [d / sub / n for d in dirs for sub in spec.subdirs for n in (name, raw)]
+    return [d / sub / n for d in dirs for sub in spec.subdirs for n in _names(spec, name)]
 
 
 def _locate(spec: IdxDatasetSpec, name: str, dirs: list[Path], download_arg: bool | None) -> Path:
@@ -153,11 +189,20 @@ def _locate(spec: IdxDatasetSpec, name: str, dirs: list[Path], download_arg: boo
         f"fix: pass --data-dir DIR or set LIFELONG_DATA=DIR, where DIR/{spec.subdirs[0]}/ holds "
         f"the official {name}"
     )
+    raw = name.removesuffix(".gz")
+    what = f"{name} (or {raw})" if len(_names(spec, name)) > 1 else name
+    if len(_names(spec, name)) == 1:
+        unverifiable = [d / sub / raw for d in dirs for sub in spec.subdirs]
+        unverifiable = [p for p in unverifiable if p.is_file()]
+        if unverifiable:
+            note += (
+                f"; {unverifiable[0]} was not used: no official MD5 of the decompressed file is "
+                f"known, so only the official {name} can be verified"
+            )
     if not downloads_enabled(download_arg):
         raise DataError(
-            f"{spec.name} file {name} (or {name.removesuffix('.gz')}) not found; searched: "
-            f"{searched}{note}; downloads are disabled (download=False or LIFELONG_NO_DOWNLOAD "
-            f"is set); {fix}"
+            f"{spec.name} file {what} not found; searched: {searched}{note}; downloads are "
+            f"disabled (download=False or LIFELONG_NO_DOWNLOAD is set); {fix}"
         )
     dest = cache_dir() / spec.subdirs[0] / name
     try:
@@ -191,7 +236,7 @@ def _recognise(md5: str) -> str:
         for fname, fs in spec.files.items():
             if md5 == fs.md5_gz:
                 return f" (it is the {spec.name} {fname})"
-            if md5 == fs.md5_raw:
+            if fs.md5_raw and md5 == fs.md5_raw:
                 return f" (it is the {spec.name} {fname.removesuffix('.gz')})"
     return ""
 

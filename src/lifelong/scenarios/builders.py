@@ -1,7 +1,10 @@
 """Task sequences from any in-memory dataset (tensors or NumPy arrays).
 
-- `split_by_classes`: each task holds a few classes (Split MNIST);
+- `split_by_classes`: each task holds a few classes (Split MNIST), or with `cumulative` the
+  classes of every task so far (Dohare et al. 2024's class-incremental CIFAR-100);
+  `split_scenario` does the same from an `ArraySplits` in one line;
 - `permuted_inputs`: each task permutes the input features with its own fixed permutation;
+- `rotated_inputs`: each task rotates the images by its own fixed angle (Rotated MNIST);
 - `permuted_labels`: each task permutes the labels.
 
 Each comes in task-, domain- or class-incremental form (van de Ven et al. 2022); the scenario's
@@ -10,11 +13,13 @@ Each comes in task-, domain- or class-incremental form (van de Ven et al. 2022);
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.batch import Batch
@@ -63,7 +68,8 @@ def _inputs(x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> tuple[Tenso
 
 
 def _batch_maker(x: Tensor, y: Tensor, task_id: int, index: Tensor | None = None,
-                 permutation: Tensor | None = None):
+                 permutation: Tensor | None = None,
+                 transform: Callable[[Tensor], Tensor] | None = None):
     """A closure that builds the task's Batch when called (so big tasks exist one at a time)."""
 
     def make() -> Batch:
@@ -71,6 +77,8 @@ def _batch_maker(x: Tensor, y: Tensor, task_id: int, index: Tensor | None = None
         if permutation is not None:
             flat = inputs.reshape(len(inputs), -1)[:, permutation]
             inputs = flat.reshape(inputs.shape)
+        if transform is not None:
+            inputs = transform(inputs)
         labels = y if index is None else y[index]
         return Batch(inputs, labels, torch.full((len(labels),), task_id, dtype=torch.long))
 
@@ -88,6 +96,7 @@ def split_by_classes(
     mask_unseen: bool = True,
     name: str = "split",
     class_names: Sequence[str] | None = None,
+    cumulative: bool = False,
 ) -> Scenario:
     """Split a labelled dataset into tasks of disjoint classes.
 
@@ -97,8 +106,18 @@ def split_by_classes(
     masked to the task (`head="shared"`); domain-incremental, 0..k-1 through one shared head;
     class-incremental, one unit per class in class order (classes of later tasks masked until
     seen when `mask_unseen`).
+
+    `cumulative` (class-incremental only): task t trains on the classes of tasks 0..t, not just
+    its new ones (Dohare et al. 2024, class-incremental CIFAR-100); its test set still holds its
+    new classes only, so that each class is tested once per row of the accuracy matrix: after
+    task t, the accuracy on every class seen so far is the mean of row t over tasks 0..t, weighted
+    by their test-set sizes (the plain mean when classes have equally many test samples). Such
+    training sets are rebuilt when asked for rather than kept, as they grow with every task.
     """
     _check(scenario, head)
+    if cumulative and scenario != "class":
+        raise ConfigError(f"cumulative tasks need the class-incremental scenario, not "
+                          f"'{scenario}': their labels must name the classes of earlier tasks")
     xtr, ytr, xte, yte = _inputs(x_train, y_train, x_test, y_test)
     present = sorted(set(ytr.unique().tolist()))
     if task_classes is None:
@@ -145,22 +164,40 @@ def split_by_classes(
 
     tasks = []
     for t, group in enumerate(groups):
-        label_of = {c: (unit_of_class[c] if scenario == "class" else i)
-                    for i, c in enumerate(group)}
+        trained = [c for g in groups[:t + 1] for c in g] if cumulative else group
+        label_of = {c: (unit_of_class[c] if scenario == "class" else group.index(c))
+                    for c in trained}
         lookup = torch.full((max(present + flat) + 1,), -1, dtype=torch.long)
         for c, label in label_of.items():
             lookup[c] = label
-        train_index = torch.isin(ytr, torch.tensor(group)).nonzero().squeeze(1)
+        train_index = torch.isin(ytr, torch.tensor(trained)).nonzero().squeeze(1)
         test_index = torch.isin(yte, torch.tensor(group)).nonzero().squeeze(1)
         if len(test_index) == 0:
             raise ConfigError(f"task {t} (classes {group}) has no test samples")
+        earlier = len(trained) - len(group)
+        task_name = f"classes {','.join(map(str, group))}"
         tasks.append(Task(
-            t, f"classes {','.join(map(str, group))}", tuple(group),
+            t, task_name + (f" + {earlier} earlier" if earlier else ""), tuple(group),
             _batch_maker(xtr, lookup[ytr.clamp(max=len(lookup) - 1)], t, train_index),
             _batch_maker(xte, lookup[yte.clamp(max=len(lookup) - 1)], t, test_index),
+            cache=not cumulative,
         ))
     return Scenario(name, scenario, tasks, readout, tuple(xtr.shape[1:]),
                     list(class_names) if class_names is not None else None)
+
+
+def split_scenario(splits: Any, *, classes_per_task: int | None = 2, scenario: str = "task",
+                   **options: Any) -> Scenario:
+    """`split_by_classes` on a dataset's train and test arrays in one line.
+
+    `splits` is an `ArraySplits` (`lifelong.data.from_arrays`, `from_image_folder`,
+    `from_hf_dataset`, or any loader of `lifelong.data`); its class names, if any, name the
+    scenario's classes. `options` are those of `split_by_classes`, e.g.
+    `split_scenario(from_image_folder("photos/"), classes_per_task=2, scenario="class")`.
+    """
+    options.setdefault("class_names", getattr(splits, "class_names", None))
+    return split_by_classes(splits.x_train, splits.y_train, splits.x_test, splits.y_test,
+                            classes_per_task=classes_per_task, scenario=scenario, **options)
 
 
 def _repeated_tasks(name: str, scenario: str, head: str, num_tasks: int, num_classes: int,
@@ -246,3 +283,122 @@ def _permuted(what: Literal["inputs", "labels"], arrays: tuple[Any, ...], num_ta
                           tuple(range(num_classes)), make_train, make_test,
                           cache=what == "labels"))
     return Scenario(name, scenario, tasks, readout, tuple(xtr.shape[1:]))
+
+
+def rotated_inputs(
+    x_train: Any, y_train: Any, x_test: Any, y_test: Any, *,
+    num_tasks: int | None = None,
+    angles: Sequence[float] | None = None,
+    scenario: str = "domain",
+    head: Head = "multi",
+    mask_unseen: bool = True,
+    name: str = "rotated",
+) -> Scenario:
+    """Each task is the whole dataset with every image rotated by the task's fixed angle.
+
+    `angles` are in degrees, counter-clockwise as an image is displayed (row 0 at the top): a
+    rotation by 90 is `numpy.rot90(image)`. By default `num_tasks` (10) angles are spread evenly
+    over [0, 180), so the first task is unrotated: 180·t/num_tasks for task t. Images have shape
+    `(N, C, H, W)`, `(N, H, W)` or `(N, H·W)` (flattened square images) and keep it; rotation is
+    about the image centre, bilinear, and fills what comes from outside the image with zeros:
+    `grid_sample(mode="bilinear", padding_mode="zeros")` on an `affine_grid`, except that
+    multiples of 90° move pixels exactly. Each task's grid and interpolation weights are made once;
+    its rotated images are made when the task's data is asked for, not kept for the training set
+    (num_tasks rotated copies of a big dataset would not fit). Labels as in `permuted_inputs`: in
+    class-incremental form, task t's label c is unit t·C + c.
+    """
+    xtr, ytr, xte, yte = _inputs(x_train, y_train, x_test, y_test)
+    angles = _rotation_angles(num_tasks, angles)
+    chw = _image_layout(tuple(xtr.shape[1:]))
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    readout = _repeated_tasks(name, scenario, head, len(angles), num_classes, mask_unseen)
+    tasks = []
+    for t, angle in enumerate(angles):
+        rotate = None
+        if angle % 360:
+            rotate = _Rotation(_rotation_grid(angle, chw[1], chw[2]), chw)
+        offset = _label_offset(scenario, t, num_classes)
+        tasks.append(Task(t, f"rotation {angle:g}°", tuple(range(num_classes)),
+                          _batch_maker(xtr, ytr + offset, t, transform=rotate),
+                          _batch_maker(xte, yte + offset, t, transform=rotate), cache=False))
+    return Scenario(name, scenario, tasks, readout, tuple(xtr.shape[1:]))
+
+
+def _rotation_angles(num_tasks: int | None, angles: Sequence[float] | None) -> list[float]:
+    if angles is None:
+        count = 10 if num_tasks is None else num_tasks
+        if count < 1:
+            raise ConfigError(f"rotated: num_tasks must be at least 1, got {count}")
+        return [180.0 * t / count for t in range(count)]
+    angles = [float(a) for a in angles]
+    if not angles:
+        raise ConfigError("rotated: angles is empty; give one angle (degrees) per task")
+    if not all(math.isfinite(a) for a in angles):
+        raise ConfigError(f"rotated: angles must be finite numbers of degrees, got {angles}")
+    if num_tasks is not None and num_tasks != len(angles):
+        raise ConfigError(f"rotated: num_tasks is {num_tasks} but {len(angles)} angles are given; "
+                          "give one of them, or as many angles as tasks")
+    return angles
+
+
+def _image_layout(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C, H, W) of inputs of per-sample shape `shape`: (C, H, W), (H, W) or a flattened square."""
+    if len(shape) == 3:
+        return shape  # type: ignore[return-value]
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
+        side = math.isqrt(shape[0])
+        return (1, side, side)
+    raise ConfigError(f"rotated: inputs of shape {shape} are not images; expected (C, H, W), "
+                      "(H, W) or flattened square images (H·H values)")
+
+
+def _rotation_grid(degrees: float, height: int, width: int) -> Tensor:
+    """`affine_grid`'s float64 grid for a rotation by `degrees`, counter-clockwise as displayed.
+
+    Each output pixel (x right, y down, in pixels from the centre) reads the input at
+    (x cos a − y sin a, x sin a + y cos a); in the grid's coordinates, normalised by the half
+    width and half height, the off-diagonal terms carry the aspect ratio.
+    """
+    a = math.radians(degrees)
+    cos, sin = math.cos(a), math.sin(a)
+    theta = torch.tensor([[cos, -sin * height / width, 0.0],
+                          [sin * width / height, cos, 0.0]], dtype=torch.float64)
+    return F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)
+
+
+class _Rotation:
+    """Bilinear sampling at a fixed grid with zeros outside the image: what
+    `grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)` computes, as four
+    gathers with weights prepared once. Source positions within 1e-9 pixel of a pixel centre are
+    snapped to it, so that multiples of 90° move pixels exactly (grid_sample's own float
+    arithmetic leaves weights of 1e-16 on neighbours)."""
+
+    def __init__(self, grid: Tensor, chw: tuple[int, int, int]) -> None:
+        self.chw = chw
+        _, height, width = chw
+        # grid_sample's unnormalisation (align_corners=False): pixel = ((g + 1) * size - 1) / 2
+        px = ((grid[0, ..., 0] + 1) * width - 1) / 2
+        py = ((grid[0, ..., 1] + 1) * height - 1) / 2
+        px = torch.where((px - px.round()).abs() < 1e-9, px.round(), px).flatten()
+        py = torch.where((py - py.round()).abs() < 1e-9, py.round(), py).flatten()
+        x0, y0 = px.floor(), py.floor()
+        fx, fy = px - x0, py - y0
+        indices, weights = [], []
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            for dx, wx in ((0, 1 - fx), (1, fx)):
+                xs, ys = x0 + dx, y0 + dy
+                inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+                indices.append((ys.clamp(0, height - 1) * width + xs.clamp(0, width - 1)).long())
+                weights.append(torch.where(inside, wy * wx, 0.0))
+        self.index = torch.stack(indices)  # [4, H*W]
+        self.weight = torch.stack(weights).float()  # [4, H*W]; exactly 0 or 1 at 90° multiples
+
+    def __call__(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.index.shape[1])  # one row per image channel
+        index, weight = self.index.to(x.device), self.weight.to(x.device, x.dtype)
+        out = torch.index_select(flat, 1, index[0]).mul_(weight[0])
+        for k in range(1, 4):
+            out.addcmul_(torch.index_select(flat, 1, index[k]), weight[k])
+        return out.reshape(x.shape)

@@ -3,101 +3,38 @@
 from __future__ import annotations
 
 import datetime
-import importlib
 import io
-import pickle
 import sys
-import tarfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cifar_fakes import BATCHES, _pickled
+from cifar_fakes import fake_batches as _fake_batches
+from cifar_fakes import write_tarball as _write_tarball
 
 from lifelong.data import ArraySplits, load_cifar10, md5sum
 from lifelong.data import cifar as cifar_mod
 from lifelong.errors import DataError
 
-# the module (lifelong.data.download is also the name of its function)
-download_mod = importlib.import_module("lifelong.data.download")
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 REAL_ZIP = SHARED_DATA / "cifar10-jpg" / "cifar10_jpg_q75.zip"
-BATCHES = (*cifar_mod.TRAIN_BATCHES, *cifar_mod.TEST_BATCHES)
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temp cache, no data variables, fresh per-process state, and no real downloads."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LIFELONG_CACHE", str(cache))
-    for var in ("LIFELONG_DATA", "LIFELONG_NO_DOWNLOAD", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(download_mod, "_MD5_CACHE", {})
+def no_cifar_download(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On top of conftest's isolated_env: a fresh lossy-copy warning and no real downloads."""
     monkeypatch.setattr(cifar_mod, "_lossy_warned", False)
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("unexpected download")
 
     monkeypatch.setattr(cifar_mod, "download", refuse)
-    return cache
 
 
 # --- canonical python format --------------------------------------------------------------------
-
-
-def _batch(n: int, seed: int) -> dict[bytes, object]:
-    rng = np.random.default_rng(seed)
-    return {
-        b"batch_label": f"batch {seed}".encode(),
-        b"labels": [int(v) for v in rng.integers(0, 10, n)],
-        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
-    }
-
-
-def _pickled(batch: dict) -> bytes:
-    # Protocol 2 like the official (Python 2) files, which name the NumPy 1 module.
-    raw = pickle.dumps(batch, protocol=2)
-    raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-    assert b"cnumpy.core.multiarray\n_reconstruct\n" in raw
-    return raw
-
-
-def _fake_batches() -> dict[str, dict]:
-    sizes = {"data_batch_1": 3, "data_batch_2": 2, "data_batch_3": 1, "data_batch_4": 2}
-    sizes |= {"data_batch_5": 2, "test_batch": 4}
-    return {name: _batch(sizes[name], seed) for seed, name in enumerate(BATCHES)}
-
-
-def _write_tarball(path: Path, batches: dict[str, dict], raw: dict[str, bytes] | None = None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files = {"batches.meta": pickle.dumps({b"label_names": []}), "readme.html": b"<html/>"}
-    files |= {name: _pickled(b) for name, b in batches.items()} | (raw or {})
-    with tarfile.open(path, "w:gz") as tar:
-        dir_info = tarfile.TarInfo(cifar_mod.BATCHES_DIR)
-        dir_info.type = tarfile.DIRTYPE
-        tar.addfile(dir_info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{cifar_mod.BATCHES_DIR}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-@pytest.fixture
-def fake_tarball(monkeypatch: pytest.MonkeyPatch):
-    """Write a tiny canonical tarball and accept its MD5 as the official one."""
-
-    def make(path: Path, batches: dict[str, dict], raw: dict[str, bytes] | None = None) -> Path:
-        _write_tarball(path, batches, raw)
-        monkeypatch.setattr(cifar_mod, "TARBALL_MD5", md5sum(path))
-        return path
-
-    return make
-
-
 def _expected(batches: dict[str, dict], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     data = np.concatenate([batches[n][b"data"] for n in names])
     x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
