@@ -17,6 +17,9 @@ and Elsayed & Mahmood (ICLR 2024):
 A hidden layer's representation is the input of every Linear/Conv2d layer after the first: the
 post-activation features of an MLP or CNN, whether the activation is a module or a function.
 Convolutional features count one unit per channel (averaged over positions for the ranks).
+
+Every diagnostic looks at the model as it is evaluated: eval mode (dropout off, BatchNorm on its
+running statistics, which no probe pass updates), each module's own mode given back afterwards.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .core.batch import Batch
+from .core.batchnorm import training_mode
 from .core.readout import Readout
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -54,13 +58,11 @@ def hidden_representations(model: nn.Module, x: Tensor, batch_size: int = 1000
         return hook
 
     handles = [m.register_forward_pre_hook(recorder(n)) for n, m in layers]
-    was_training = model.training
-    model.eval()
     try:
-        for start in range(0, len(x), batch_size):
-            model(x[start:start + batch_size])
+        with training_mode(model, False):
+            for start in range(0, len(x), batch_size):
+                model(x[start:start + batch_size])
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return {name: torch.cat(parts) for name, parts in captured.items() if parts}
@@ -116,14 +118,9 @@ LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]  # (output, y, task
 def gradient_magnitude(model: nn.Module, loss_fn: LossFn, probe: Batch) -> float:
     """Mean |∂L/∂w| over the weights of all Linear/Conv layers, on the probe batch."""
     weights = [m.weight for _, m in weight_layers(model)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            grads = torch.autograd.grad(loss_fn(model(probe.x), probe.y, probe.task_ids),
-                                        weights, allow_unused=True)
-    finally:
-        model.train(was_training)
+    with training_mode(model, False), torch.enable_grad():
+        grads = torch.autograd.grad(loss_fn(model(probe.x), probe.y, probe.task_ids),
+                                    weights, allow_unused=True)
     total = sum(float(g.abs().sum()) for g in grads if g is not None)
     return total / max(sum(w.numel() for w in weights), 1)
 
@@ -152,13 +149,9 @@ def plasticity(model: nn.Module, loss_fn: LossFn, probe: Batch, lr: float, *, ch
         after = sample_loss({n: params[n] - lr * g[n] for n in params}, x, y, t)
         return torch.clamp(1 - after / torch.clamp(before, min=eps), min=0)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with training_mode(model, False):
         values = [vmap(ratio)(probe.x[s:s + chunk], probe.y[s:s + chunk],
                               task_ids[s:s + chunk]) for s in range(0, len(probe), chunk)]
-    finally:
-        model.train(was_training)
     return float(torch.cat(values).mean())
 
 

@@ -14,6 +14,10 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_a
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy in eval mode, with gradients off and no module hooks.
 
+    The copy has the model's buffers too (BatchNorm running statistics, as they are now) and, in
+    eval mode, normalises with them without updating them: a teacher or snapshot stays the model
+    as it was evaluated, and its forward passes never touch the original's statistics.
+
     `copy.deepcopy` would also copy hooks that methods registered on the original (a forward hook
     that accumulates statistics, say), which must not fire for a teacher's forward pass.
     """

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batch import Batch
+from ..core.batchnorm import training_mode
 from .per_sample import per_sample_gradient_mean
 
 FisherKind = Literal["empirical", "true", "sampled"]
@@ -40,7 +41,9 @@ def diagonal_fisher(
     """Mean over samples of squared per-sample log-likelihood gradients, per trainable parameter.
 
     `readout(output, task_ids)` turns the model output into the sample's logits. Evaluated in
-    eval mode (dropout off, BatchNorm on running statistics), the usual choice for EWC.
+    eval mode (dropout off, BatchNorm on its running statistics, which are not updated): the
+    Fisher of the model as it is evaluated, the usual choice for EWC; per-sample gradients
+    through batch statistics would not be defined anyway.
     """
     if kind == "sampled":  # draw each sample's label once, then it is the empirical Fisher
         batches = [_with_sampled_labels(model, batch, readout, generator) for batch in batches]
@@ -59,9 +62,7 @@ def diagonal_fisher(
 @torch.no_grad()
 def _with_sampled_labels(model: nn.Module, batch: Batch, readout: Readout,
                          generator: torch.Generator | None) -> Batch:
-    was_training = model.training
-    model.eval()
-    probs = torch.softmax(readout(model(batch.x), batch.task_ids), dim=-1)
-    model.train(was_training)
+    with training_mode(model, False):
+        probs = torch.softmax(readout(model(batch.x), batch.task_ids), dim=-1)
     labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return dataclasses.replace(batch, y=labels)

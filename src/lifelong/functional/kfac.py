@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batch import Batch
+from ..core.batchnorm import training_mode
 
 FisherKind = Literal["empirical", "true", "sampled"]
 Readout = Callable[[Tensor, Tensor | None], Tensor]
@@ -95,7 +96,8 @@ def kfac_fisher(
     kind: FisherKind = "true",
     generator: torch.Generator | None = None,
 ) -> list[KroneckerFactors]:
-    """A = E[ā āᵀ], G = E[g gᵀ] per layer, over the samples of `batches` (eval mode).
+    """A = E[ā āᵀ], G = E[g gᵀ] per layer, over the samples of `batches` (eval mode: BatchNorm
+    uses its running statistics and does not update them).
 
     `kind` chooses y in g = ∂ log p(y|x)/∂s as for the diagonal Fisher: the true label
     (`empirical`), every class weighted by p(y|x) (`true`, as in van de Ven's NCL code), or one
@@ -114,34 +116,33 @@ def kfac_fisher(
     sums_a = [None] * len(layers)
     sums_g = [None] * len(layers)
     samples = 0
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            with torch.enable_grad():
-                log_p = F.log_softmax(readout(model(batch.x), batch.task_ids), dim=-1)
-                for i in range(len(layers)):
-                    rows = _input_rows(layers[i], inputs[i])
-                    positions = rows.shape[0] // len(batch)
-                    term = rows.T @ rows / positions
-                    sums_a[i] = term if sums_a[i] is None else sums_a[i] + term
-                for weights, chosen in _log_likelihood_terms(log_p, batch, kind, generator):
-                    # Σ_i w_i log p(y_i|x_i): its gradient at a layer's output is w_i·g_i per
-                    # sample, so the rows' outer products sum w_i² g gᵀ = p(c|x) g gᵀ (true).
-                    objective = (weights * chosen).sum()
-                    grads = torch.autograd.grad(objective, [outputs[i] for i in range(len(layers))],
-                                                retain_graph=True, allow_unused=True)
-                    for i, g in enumerate(grads):
-                        if g is None:
-                            continue
-                        rows = _output_rows(layers[i], g)
-                        term = rows.T @ rows
-                        sums_g[i] = term if sums_g[i] is None else sums_g[i] + term
-            samples += len(batch)
+        with training_mode(model, False):
+            for batch in batches:
+                with torch.enable_grad():
+                    log_p = F.log_softmax(readout(model(batch.x), batch.task_ids), dim=-1)
+                    for i in range(len(layers)):
+                        rows = _input_rows(layers[i], inputs[i])
+                        positions = rows.shape[0] // len(batch)
+                        term = rows.T @ rows / positions
+                        sums_a[i] = term if sums_a[i] is None else sums_a[i] + term
+                    for weights, chosen in _log_likelihood_terms(log_p, batch, kind, generator):
+                        # Σ_i w_i log p(y_i|x_i): its gradient at a layer's output is w_i·g_i per
+                        # sample, so the rows' outer products sum w_i² g gᵀ = p(c|x) g gᵀ (true).
+                        objective = (weights * chosen).sum()
+                        grads = torch.autograd.grad(
+                            objective, [outputs[i] for i in range(len(layers))],
+                            retain_graph=True, allow_unused=True)
+                        for i, g in enumerate(grads):
+                            if g is None:
+                                continue
+                            rows = _output_rows(layers[i], g)
+                            term = rows.T @ rows
+                            sums_g[i] = term if sums_g[i] is None else sums_g[i] + term
+                samples += len(batch)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if samples == 0:
         raise ValueError("kfac_fisher got no samples")
     factors = []

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..core.batch import Batch
+from ..core.batchnorm import training_mode
 
 Readout = Callable[[Tensor, Tensor | None], Tensor]
 Terms = Callable[[Tensor, Batch], list[tuple[Tensor, Tensor | None]]]
@@ -43,18 +44,15 @@ def per_sample_gradient_mean(
     implementation: Literal["auto", "vmap"] = "auto",
     max_rows: int = 256,
 ) -> dict[str, Tensor]:
-    """See the module docstring. Evaluated in eval mode (dropout off, BatchNorm frozen)."""
+    """See the module docstring. Evaluated in eval mode: dropout off, BatchNorm normalising with
+    its running statistics, which stay as they are (the model as it is evaluated)."""
     batches = list(batches)
-    was_training = model.training
-    model.eval()
-    try:
+    with training_mode(model, False):
         result = None
         if implementation == "auto":
             result = _linear(model, batches, readout, terms, statistic)
         if result is None:
             result = _vmap(model, batches, readout, terms, statistic, max_rows)
-    finally:
-        model.train(was_training)
     totals, count = result
     if count == 0:
         raise ValueError("per-sample statistics need at least one sample")

@@ -4,6 +4,12 @@ At each update, g_ref is the gradient of the loss on a random batch from the epi
 the new gradient g conflicts with it (g·g_ref < 0), g is projected onto the half-space where it
 does not: g ← g − (g·g_ref)/(g_ref·g_ref) · g_ref. The projection runs in the optimizer's step
 pre-hook, so it applies to whatever loop calls `optimizer.step()`.
+
+BatchNorm: g_ref is computed like g, with the model in the mode the training step used (train
+mode: the memory batch normalised by its own statistics), so that the two gradients compare like
+with like; but the reference pass is a probe, not training, so the running statistics are put
+back afterwards and only the training batches move them (the authors' code lets the memory
+passes update them too).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 from typing import Literal
 
 from ..core.batch import Batch
+from ..core.batchnorm import RunningStats
 from ..core.config import option
 from ..core.registry import register_method
 from ..functional import project_away_from_conflict_
@@ -33,6 +40,10 @@ class AGEM(MemoryMethod):
     description = "A-GEM: project gradients that would increase the loss on the memory"
     Config = AGEMConfig
 
+    def on_attach(self) -> None:
+        super().on_attach()
+        self._running_stats = RunningStats(self.model)
+
     def prepare_batch(self, batch: Batch) -> Batch:
         self.observe(batch)  # task-free (reservoir) memories follow the stream
         return batch
@@ -48,5 +59,6 @@ class AGEM(MemoryMethod):
             return
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
-        refs = self.loss_gradients(reference_batch, params)
+        with self._running_stats.frozen():
+            refs = self.loss_gradients(reference_batch, params)
         project_away_from_conflict_(grads, refs, self.config.eps, reference_is_scratch=True)

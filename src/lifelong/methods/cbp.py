@@ -28,8 +28,10 @@ zeroed (the next layer's bias keeps its own), and a BatchNorm1d/2d or LayerNorm 
 between the two layers is reset (weight 1, bias 0, running mean 0, running variance 1).
 
 The features come from a forward pre-hook on each next layer that keeps a reference to its input
-in training mode only (evaluation passes are ignored; of several training passes before a step,
-the last counts). A next layer without bias gets no correction.
+in training mode only (evaluation passes are ignored, and so are other methods' probe passes that
+leave the norm statistics alone, such as A-GEM's reference gradient: see
+`lifelong.core.batchnorm`; of several training passes before a step, the last counts). A next
+layer without bias gets no correction.
 
 Differences from the authors' code (github.com/shibhansh/loss-of-plasticity):
 
@@ -55,6 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..core.batchnorm import in_auxiliary_pass
 from ..core.config import Config, option
 from ..core.method import Evaluator, Method
 from ..core.registry import register_method
@@ -118,7 +121,7 @@ def _units_out(module: nn.Module) -> int:
 CHAIN_HELP = ("cbp needs a plain chain of nn.Linear / nn.Conv2d layers (registered in the order "
               "they run, with only activations, dropout, pooling, flatten and BatchNorm1d/2d or "
               "LayerNorm over the units between them), each layer reading all units of the one "
-              "before")
+              "before (no residual connections: models such as resnet18 are not supported)")
 
 
 def init_bound(weight: Tensor, init: str) -> float:
@@ -282,7 +285,7 @@ class CBP(Method):
         features = self._features
 
         def record(module: nn.Module, args: tuple) -> None:
-            if module.training and args:
+            if module.training and args and not in_auxiliary_pass():
                 features[i] = args[0]  # a reference; detached when used
         return record
 

@@ -8,6 +8,10 @@ arrived. Each step adds, on memory samples drawn at random,
 
 The model's full output (every unit) is stored and matched, as in the authors' code; the CE term
 reads each sample's own task. Memory samples are drawn before the new ones are stored.
+
+BatchNorm: the memory passes are part of the training objective, so they run in train mode and,
+as in the authors' code, update the running statistics (the way replayed samples inside the
+batch would); the stored logits are those of the training pass, with the batch's statistics.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ P = Σ_k F_k, μ = Σ_k F_k θ*_k / P and c = Σ_k F_k θ*_k² − P μ², exact
 two stored copies of the weights whatever the number of tasks. The penalty's gradient
 λ·(P∘θ − P∘μ) is added at the optimizer step, like `weight_decay` (see
 `lifelong.functional.quadratic`); `penalty_value()` gives its value.
+
+The Fisher is that of the model as it is evaluated: eval mode, dropout off, BatchNorm on its
+running statistics, which the Fisher's passes leave unchanged.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ conflicts with none, through the dual QP over one variable per past task:
 γ (`margin`) biases the projection towards backward transfer (the paper's γ; 0.5 and ε = 1e-3 in
 the authors' code). Dot products are sums over parameter tensors; the K x K problem is solved
 exactly on the CPU (`lifelong.functional.projection.solve_gem_dual`).
+
+BatchNorm: as in A-GEM, each g_k is computed in the mode of the training step (train mode: the
+memory normalised by its own batch statistics), and the running statistics are restored after
+the reference passes, which are probes, not training (the authors' code, in train mode
+throughout, lets them update the statistics).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..core.batch import Batch, BatchLike, whole
+from ..core.batchnorm import RunningStats
 from ..core.config import Config, option
 from ..core.method import Method
 from ..core.registry import register_method
@@ -47,6 +53,9 @@ class GEM(Method):
         super().__init__(config, **overrides)
         self.memories: list[Batch] = []
 
+    def on_attach(self) -> None:
+        self._running_stats = RunningStats(self.model)
+
     def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
         data = whole(data)
         count = min(self.config.memory_per_task, len(data))
@@ -59,7 +68,8 @@ class GEM(Method):
             return
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
-        references = [self.loss_gradients(memory, params) for memory in self.memories]
+        with self._running_stats.frozen():
+            references = [self.loss_gradients(memory, params) for memory in self.memories]
         gram, alignment = _gram(references, grads)
         if bool((alignment >= 0).all()):
             return  # no past task's loss would rise: keep g

@@ -32,8 +32,12 @@ Evaluating task t (`evaluation_task(t)`) zeroes every entry not owned by a task 
 tickets and free entries) in place, and `evaluation_task(None)` puts the weights back from the
 copy the method keeps anyway (no second model, nothing allocated per batch). So a task's test
 predictions never change once it is learnt: zero forgetting in task-incremental learning, where
-the heads are separate. Buffers are not frozen: a model with BatchNorm running statistics still
-drifts; use evaluation-mode or other normalisation.
+the heads are separate. BatchNorm running statistics are buffers, which no ticket can own: they
+keep moving with every later task. So (`task_norm_stats`, on by default) the method keeps each
+task's running statistics as they were at the task's end and `evaluation_task(t)` evaluates with
+task t's (a few numbers per channel per task); the current ones are back after the evaluation.
+A rewind puts the running statistics back to the rewind point too, as rewinding a whole model's
+state (`lifelong.prune.iterative_magnitude_pruning`) does.
 
 Tasks must come in increasing order (a task may be trained again, as long as no later one has
 been). Each task needs more than `rounds × round_steps` optimizer steps to do every round and
@@ -54,6 +58,7 @@ import torch
 from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
+from ..core.batchnorm import load_running_stats, save_running_stats
 from ..core.config import Config, option
 from ..core.method import Evaluator, Method
 from ..core.registry import register_method
@@ -77,6 +82,9 @@ class LotteryConfig(Config):
     rewind_step: int = option(
         0, "0: rewind survivors to the task's start weights θ₀; k: to their values after k "
         "steps of the task (k < round_steps)", low=0)
+    task_norm_stats: bool = option(
+        True, "evaluate each task with the BatchNorm running statistics it ended with (False: "
+        "the current ones, which later tasks keep moving)")
 
     def validate(self) -> None:
         if self.fraction >= 1:
@@ -98,7 +106,8 @@ class Lottery(Method):
     needs_task_boundaries = True
     needs_task_ids_at_test = True
     scenarios = ("task",)
-    state_attrs = ("owner", "pruned", "used", "anchor", "steps", "rounds_done", "tickets")
+    state_attrs = ("owner", "pruned", "used", "anchor", "steps", "rounds_done", "tickets",
+                   "norm_stats", "anchor_norm_stats")
 
     def __init__(self, config: LotteryConfig | dict | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -109,12 +118,17 @@ class Lottery(Method):
         self.steps = 0  # optimizer steps in the current task
         self.rounds_done = 0  # pruning rounds in the current task
         self.tickets: dict[int, dict[str, float]] = {}  # per task: what report() returns
+        # BatchNorm running statistics (`lifelong.core.batchnorm`): per task at its end, and at
+        # the rewind point; empty lists for a model without them
+        self.norm_stats: dict[int, list[Tensor]] = {}
+        self.anchor_norm_stats: list[Tensor] | None = None
         self._prunable: list[bool] = []
         # per parameter, 1.0 where an entry is owned or pruned (no gradient, value restored), in
         # the parameter's dtype: lerp/addcmul with 0/1 weights select exactly and, unlike
         # masked_fill/where, run at memory speed on the CPU too; None where nothing is locked
         self._locked: list[Tensor | None] = []
         self._stash: list[Tensor] | None = None  # weights put aside during evaluation
+        self._stats_stash: list[Tensor] | None = None  # running statistics, likewise
         self._synced = False  # anchor == params (evaluation can restore from it)
         self._evaluating: int | None = None
 
@@ -128,6 +142,7 @@ class Lottery(Method):
             self.used = [torch.zeros_like(p, dtype=torch.bool) for p in self.params]
             self.anchor = [p.detach().clone() for p in self.params]
         self._stash = None
+        self._stats_stash = None
         self._evaluating = None
         self._refresh()
 
@@ -169,6 +184,7 @@ class Lottery(Method):
             pruned.zero_()
             used.zero_()
         torch._foreach_copy_(self.anchor, [p.detach() for p in self.params])  # θ₀
+        self.anchor_norm_stats = save_running_stats(self.model)
         self._reset_optimizer_state()
         self._refresh()
 
@@ -192,6 +208,7 @@ class Lottery(Method):
         cfg = self.config
         if self.steps == cfg.rewind_step:
             torch._foreach_copy_(self.anchor, [p.detach() for p in self.params])
+            self.anchor_norm_stats = save_running_stats(self.model)
             self._synced = True
         if self.rounds_done < cfg.rounds and self.steps % cfg.round_steps == 0:
             self._prune_and_rewind()
@@ -209,6 +226,8 @@ class Lottery(Method):
         # rewind: free survivors (weights and biases) to the rewind point, the pruned to 0;
         # owned entries are equal in both
         torch._foreach_copy_([p.detach() for p in self.params], self.anchor)
+        if self.anchor_norm_stats is not None:
+            load_running_stats(self.model, self.anchor_norm_stats)
         self._reset_optimizer_state()
         self.rounds_done += 1
         self._refresh()
@@ -238,6 +257,7 @@ class Lottery(Method):
             "rounds": self.rounds_done,
         }
         torch._foreach_copy_(self.anchor, [p.detach() for p in self.params])  # frozen values
+        self.norm_stats[task] = save_running_stats(self.model)
         self._refresh()
 
     @torch.no_grad()
@@ -247,9 +267,16 @@ class Lottery(Method):
         params = [p.detach() for p in self.params]
         if self._evaluating is not None:
             torch._foreach_copy_(params, self.anchor if self._synced else self._stash)
+            if self._stats_stash is not None:
+                load_running_stats(self.model, self._stats_stash)
+                self._stats_stash = None
             self._evaluating = None
         if task is None:
             return
+        saved = self.norm_stats.get(task) if self.config.task_norm_stats else None
+        if saved:  # a task that has ended, in a model with running statistics
+            self._stats_stash = save_running_stats(self.model)
+            load_running_stats(self.model, saved)
         if not self._synced:
             if self._stash is None:
                 self._stash = [torch.empty_like(p) for p in params]

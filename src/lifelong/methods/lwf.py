@@ -5,6 +5,12 @@ Before task t ≥ 1, a frozen copy of the model becomes the teacher. Training ad
 tasks: in task-incremental learning one distillation per old head (averaged over heads); in
 domain- and class-incremental learning one over all the old tasks' units together.
 
+The teacher is a frozen copy (`lifelong.core.copy.frozen_copy`) in eval mode: its targets are
+the old model as it is evaluated (BatchNorm on its running statistics, which its passes do not
+update, and which are those of the model at the task boundary); the student's own statistics are
+moved only by its training passes. The teacher's state (weights and buffers) is saved with the
+method's state.
+
 `weighting="tasks"` multiplies α by the number of old tasks in task- and domain-incremental
 learning (so task-IL sums the heads' distillations instead of averaging them), as van de Ven et
 al.'s code does for their 2022 comparison; class-incremental learning is not scaled.

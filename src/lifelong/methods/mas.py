@@ -8,7 +8,9 @@ moves with it, averaged over the task's samples, with no labels needed:
 and later tasks pay λ · Σ_i Ω_i (θ_i − θ*_i)² (the paper's form, without a ½). f(x) is the output
 the task reads (its head in task-incremental learning); units masked for the sample are left out.
 The per-sample absolute gradients are exact (see `lifelong.functional.per_sample`), where the
-authors' code takes the absolute value of whole-batch gradients.
+authors' code takes the absolute value of whole-batch gradients. Like EWC's Fisher, the
+importance is that of the model as it is evaluated: eval mode, BatchNorm on its running
+statistics, which the importance passes leave unchanged.
 """
 
 from __future__ import annotations

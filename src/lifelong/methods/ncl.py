@@ -19,7 +19,9 @@ On the first task Λ is the prior and the step is g + λθ/N exactly. Parameters
 Conv2d layers (norms, embeddings) use the diagonal form. `fisher="diagonal"`: Λ is a vector, the
 step ∇ / ((Λ + α²) N). `trust_region=r` scales the step δ = lr · (preconditioned gradient) so that
 sqrt(δᵀΛδ) ≤ r: exact for plain SGD, an approximation for optimizers that reshape the step.
-`precondition=False` leaves the gradient alone (KFAC-EWC).
+`precondition=False` leaves the gradient alone (KFAC-EWC). The Fisher is taken in eval mode
+(BatchNorm on its running statistics, left unchanged), as EWC's; BatchNorm's weight and bias
+use the diagonal form.
 """
 
 from __future__ import annotations

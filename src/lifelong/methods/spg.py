@@ -1,7 +1,9 @@
 """Soft-masking of parameter-level gradient flow, SPG (Konishi, Kim, Liu et al., ICML 2023).
 
 After task t, every shared parameter gets an importance in [0, 1], measured on the task's own
-training data with the model in train mode (dropout on, as in the paper):
+training data with the model in train mode (dropout on, as in the paper; BatchNorm normalises
+with each batch's statistics as in training, and its running statistics are restored afterwards,
+so the importance passes do not change how the model is evaluated):
 
 - for the task's head, the gradient of its cross-entropy loss;
 - for every older task k < t, the gradient of the plain *sum of logits* of head k (no labels:
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batch import Batch, BatchLike
+from ..core.batchnorm import frozen_running_stats, training_mode
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
@@ -169,9 +172,9 @@ class SPG(Method):
         cfg = self.config
         older = self._older_heads(task)
         sums = [[torch.zeros_like(p) for p in self.shared] for _ in range(1 + len(older))]
-        was_training = self.model.training
-        self.model.train()  # dropout on, as in the paper
-        try:
+        # train mode, dropout on, as in the paper (BatchNorm normalises with each batch's own
+        # statistics, as in training); the running statistics are put back afterwards
+        with training_mode(self.model, True), frozen_running_stats(self.model):
             for batch in self.batches(data, cfg.importance_batch_size,
                                       limit=cfg.importance_samples):
                 with torch.enable_grad():
@@ -184,8 +187,6 @@ class SPG(Method):
                                                     retain_graph=i + 1 < len(terms))
                         torch._foreach_add_(sums[i], [torch.zeros_like(p) if g is None else g
                                                       for p, g in zip(self.shared, found)])
-        finally:
-            self.model.train(was_training)
         return sums
 
     def _older_heads(self, task: int) -> list[list[int] | slice]:

@@ -9,19 +9,23 @@ from torch import Tensor, nn
 
 
 class MLP(nn.Module):
-    """Flatten → (Linear → ReLU [→ Dropout])* → Linear over all output units.
+    """Flatten → (Linear → [BatchNorm1d →] ReLU [→ Dropout])* → Linear over all output units.
 
     The last layer holds every output unit of the scenario (all heads); the scenario's readout
-    picks each task's units, so one model serves all three scenarios.
+    picks each task's units, so one model serves all three scenarios. With `batch_norm`, the
+    hidden Linear layers have no bias (the norm's shift replaces it).
     """
 
     def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], num_outputs: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, *, batch_norm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
+            layers.append(nn.Linear(width, size, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(nn.ReLU())
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = size
