@@ -21,9 +21,8 @@ The file holds tensors, numbers, strings and containers only, and is read with
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .rundir import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
@@ -90,17 +90,10 @@ def save_checkpoint(directory: Path, *, model: torch.nn.Module, optimizer: torch
         "random": random_states(),
         "progress": dataclasses.asdict(progress),
     }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     path = directory / CHECKPOINT
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{CHECKPOINT}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

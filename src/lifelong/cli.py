@@ -1,4 +1,4 @@
-"""The `lifelong` command: list, run, compare, demo.
+"""The `lifelong` command: list, run, compare, stream, report, demo.
 
 Every user error (unknown name, value out of range, missing data file, bad combination) prints one
 line `error: ...` naming the problem and what is accepted, and exits with status 2.
@@ -16,9 +16,10 @@ import yaml
 
 from .errors import ConfigError, LifelongError
 
+NO_REPORT_HELP = "do not write report.html (figures and tables) into the output folder"
 RUN_FLAGS = ("benchmark", "scenario", "seed", "epochs", "iterations", "batch_size", "lr",
              "optimizer", "momentum", "weight_decay", "model", "hidden", "dropout", "head",
-             "eval_batch_size", "device", "data_dir", "diagnostics")
+             "eval_batch_size", "device", "data_dir", "diagnostics", "log")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +48,8 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--diagnostics", action="store_true", default=None,
                        help="after each task: dead units, effective/stable rank, weight and "
                             "gradient magnitude, plasticity (to metrics.jsonl)")
+    group.add_argument("--log", metavar="TRACKERS", help="also log every metric to tensorboard, "
+                       "mlflow or both: tensorboard,mlflow (pip install lifelong[tracking])")
     group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                        help="a method or benchmark setting: ewc.lambda=100, "
                             "benchmark.num_tasks=5 (repeatable)")
@@ -70,19 +73,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", "-m", help="method, or methods joined by '+' (replay+ewc)")
     run.add_argument("--seed", type=int)
     run.add_argument("--out", help="output folder (default: runs/BENCHMARK-SCENARIO-METHOD-sSEED)")
+    run.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
     run.add_argument("--resume", metavar="DIR",
                      help="continue the run in DIR from its last checkpoint (written after every "
                           "task), with DIR's config.yaml; the result equals an uninterrupted run")
     _add_training_flags(run)
 
     compare = commands.add_parser("compare", help="a grid of methods x seeds, mean ± std")
-    compare.add_argument("--methods", required=True, help="comma-separated, e.g. naive,ewc,replay")
-    compare.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
-    compare.add_argument("--jobs", "-j", type=int, default=1, help="parallel processes")
+    sweep = commands.add_parser(
+        "sweep", help="a grid of methods x hyper-parameters x seeds, locally or on Ray; a re-run "
+        "skips finished runs")
+    for grid in (compare, sweep):
+        grid.add_argument("--methods", required=True,
+                          help="comma-separated, e.g. naive,ewc,replay")
+        grid.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+        grid.add_argument("--jobs", "-j", type=int, default=1,
+                          help="parallel processes (local backend)")
+        grid.add_argument("--backend", default="local",
+                          help="local (processes on this machine) or ray (lifelong[ray])")
+        grid.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else "
+                                            "a local Ray instance)")
+        grid.add_argument("--out", required=True, help="output folder")
+        grid.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
+        _add_training_flags(grid)
     compare.add_argument("--resume", action="store_true",
-                         help="keep finished runs in --out whose configuration is the same")
-    compare.add_argument("--out", required=True, help="output folder")
-    _add_training_flags(compare)
+                         help="keep finished runs in --out whose configuration is the same and "
+                              "continue unfinished ones from their checkpoints")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="values of a setting to sweep (repeatable): lr=0.01,0.1, "
+                            "ewc.lambda=1e2,1e4, benchmark.num_tasks=5,10; separate values "
+                            "with ';' when they hold commas: hidden=100,100;400,400")
 
     stream = commands.add_parser(
         "stream", help="online learning on a stream: batch 1, each sample scored before the "
@@ -109,10 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--probe-size", type=int, help="probe samples (default 2000)")
     stream.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     stream.add_argument("--data-dir", help="dataset folder (default: $LIFELONG_DATA, then cache)")
+    stream.add_argument("--log", metavar="TRACKERS", help="also log every metric to tensorboard, "
+                        "mlflow or both: tensorboard,mlflow (pip install lifelong[tracking])")
     stream.add_argument("--set", dest="settings", action="append", default=[],
                         metavar="KEY=VALUE", help="cbp.replacement_rate=1e-4, "
                         "benchmark.samples_per_task=5000 (repeatable)")
     stream.add_argument("--out", help="output folder (default: runs/stream-BENCHMARK-METHOD-sSEED)")
+    stream.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
     stream.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     demo = commands.add_parser("demo", help="naive, ewc, lwf, replay and agem on split-digits")
@@ -120,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", "-j", type=int, default=None, help="parallel processes "
                       "(default: the number of CPU cores)")
     demo.add_argument("--out", default="runs/demo", help="output folder")
+
+    report = commands.add_parser(
+        "report", help="write FOLDER/report.html: tables and figures of a run or compare folder")
+    report.add_argument("folder", help="a run folder (summary.json) or a compare folder "
+                                       "(comparison.json)")
     return parser
 
 
@@ -127,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"list": _cmd_list, "run": _cmd_run, "compare": _cmd_compare,
-                   "stream": _cmd_stream, "demo": _cmd_demo}[args.command]
+                   "sweep": _cmd_compare,
+                   "stream": _cmd_stream, "demo": _cmd_demo, "report": _cmd_report}[args.command]
         return handler(args) or 0
     except LifelongError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -291,6 +320,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     console.print(accuracy_matrix_table(result.accuracy_matrix, result.baseline_accuracy))
     console.print(metrics_table(result.summary()))
     console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
+    _auto_report(args, out)
     return 0
 
 
@@ -313,11 +343,13 @@ def _resume_run(args: argparse.Namespace) -> int:
     console.print(accuracy_matrix_table(result.accuracy_matrix, result.baseline_accuracy))
     console.print(metrics_table(result.summary()))
     console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
+    _auto_report(args, out)
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import run_grid
+    """`compare` and `sweep` (which adds --grid and always skips finished runs)."""
+    from .compare import parse_grid, run_grid
     from .report.tables import comparison_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -327,16 +359,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     seeds = _int_list(args.seeds, "--seeds")
     settings = base_settings(args)
+    sweeping = args.command == "sweep"
     comparison = run_grid(settings, methods, seeds, args.settings, Path(args.out),
-                          jobs=args.jobs, progress=not args.quiet, resume=args.resume)
+                          jobs=args.jobs, progress=not args.quiet,
+                          resume=sweeping or args.resume,
+                          grid=parse_grid(args.grid) if sweeping else None,
+                          backend=args.backend, address=args.address)
     _console().print(comparison_table(comparison))
     print(f"wrote {args.out}/comparison.json and one folder per run")
+    _auto_report(args, args.out)
     return 0
 
 
 STREAM_FLAGS = ("benchmark", "method", "seed", "tasks", "steps", "batch_size", "lr", "optimizer",
                 "momentum", "weight_decay", "hidden", "bin_size", "boundaries", "diagnostics",
-                "diagnose_every", "probe_size", "device", "data_dir")
+                "diagnose_every", "probe_size", "device", "data_dir", "log")
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
@@ -358,6 +395,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     result = run_stream(config, out, progress=not args.quiet)
     console.print(stream_table(result.summary()))
     console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
+    _auto_report(args, out)
     return 0
 
 
@@ -366,6 +404,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(Path(args.out), _int_list(args.seeds, "--seeds"), jobs=args.jobs)
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report.html import write_report
+
+    print(f"wrote {write_report(args.folder)}")
+    return 0
+
+
+def _auto_report(args: argparse.Namespace, out: str | Path) -> None:
+    """report.html at the end of run/compare/stream, once the results are saved: a report that
+    fails is a warning, never an error that would hide them."""
+    if args.no_report:
+        return
+    try:
+        from .report.html import write_report
+
+        print(f"wrote {write_report(out)}")
+    except Exception as error:  # noqa: BLE001 - the results are on disk; say so and go on
+        print(f"warning: report.html not written ({type(error).__name__}: {error}); the results "
+              f"are saved in {out}; try again with: lifelong report {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Grids of runs (methods x seeds) in parallel processes, their summary, and the demo."""
+"""Grids of runs (methods x hyper-parameter points x seeds) in processes or on Ray, their summary,
+and the demo."""
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -45,10 +48,77 @@ def _stats(values: Sequence[float | None]) -> dict[str, Any]:
             "values": list(values)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A method with one point of the hyper-parameter grid (empty: the method as configured)."""
+
+    method: str
+    point: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """`ewc` or `ewc[lambda=100, lr=0.01]`: the key of comparison.json's methods."""
+        if not self.point:
+            return self.method
+        return f"{self.method}[{', '.join(f'{k}={v}' for k, v in self.point)}]"
+
+    @property
+    def folder(self) -> Path:
+        """`ewc` or `ewc/lambda=100,lr=0.01` under the output folder."""
+        if not self.point:
+            return Path(self.method)
+        name = ",".join(f"{k}={v}" for k, v in self.point)
+        return Path(self.method, "".join(c if c.isalnum() or c in "=,.-_+" else "_"
+                                         for c in name))
+
+
+def parse_grid(entries: Sequence[str]) -> dict[str, list[str]]:
+    """`--grid KEY=V1,V2` entries as {KEY: [V1, V2]}; values that hold commas themselves (layer
+    widths) are separated by ';' instead: `hidden=100,100;400,400`."""
+    grid: dict[str, list[str]] = {}
+    for entry in entries:
+        key, sep, values = entry.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise ConfigError(f"--grid takes KEY=V1,V2,..., got '{entry}'")
+        if key in grid:
+            raise ConfigError(f"--grid names {key} twice")
+        split = [v.strip() for v in values.split(";" if ";" in values else ",")]
+        if any(not v for v in split):
+            raise ConfigError(f"--grid {key}: an empty value in '{values}'")
+        grid[key] = split
+    return grid
+
+
+def _variants(method: str, grid: dict[str, list[str]]) -> list[Variant]:
+    """The grid points that concern `method`: run settings (lr, epochs, ...) and benchmark
+    settings concern every method, `ewc.lambda` only methods with ewc, a bare `lambda` the
+    methods that have such a setting."""
+    from .cli import RUN_FLAGS
+    from .core.compose import parse_method_spec
+    from .core.registry import get_method_class, list_methods
+
+    names = parse_method_spec(method)
+    method_keys = {k for n in list_methods() for k in get_method_class(n).Config.keys()}
+
+    def concerns(key: str) -> bool:
+        owner, dot, field = key.rpartition(".")
+        if dot:
+            return owner == "benchmark" or owner in names
+        if key in RUN_FLAGS or key not in method_keys:  # a run or benchmark setting
+            return True
+        return any(key in get_method_class(n).Config.keys() for n in names)
+
+    keys = [key for key in grid if concerns(key)]
+    points = itertools.product(*(grid[k] for k in keys))
+    return [Variant(method, tuple(zip(keys, values))) for values in points]
+
+
 def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[int],
-              set_pairs: Sequence[str]) -> list[tuple[str, int, dict[str, Any]]]:
-    """Every (method, seed, resolved config) of the grid, all validated before anything runs."""
-    from .cli import route_settings
+              set_pairs: Sequence[str], grid: dict[str, list[str]] | None = None,
+              ) -> list[tuple[Variant, int, dict[str, Any]]]:
+    """Every (variant, seed, resolved config) of the grid, all validated before anything runs."""
+    from .cli import RUN_FLAGS, route_settings
     from .experiment import RunConfig, prepare
     from .scenarios import get_benchmark
 
@@ -56,10 +126,13 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
         raise ConfigError("--methods names a method twice")
     plan = []
     for method in methods:
-        routed = route_settings(set_pairs, method, {**settings, "method": method})
-        for seed in seeds:
-            resolved, _ = prepare(RunConfig.from_dict({**routed, "seed": seed}))
-            plan.append((method, seed, resolved.to_dict()))
+        for variant in _variants(method, grid or {}):
+            flags = {k: v for k, v in variant.point if k in RUN_FLAGS}
+            pairs = [*set_pairs, *(f"{k}={v}" for k, v in variant.point if k not in RUN_FLAGS)]
+            routed = route_settings(pairs, method, {**settings, **flags, "method": method})
+            for seed in seeds:
+                resolved, _ = prepare(RunConfig.from_dict({**routed, "seed": seed}))
+                plan.append((variant, seed, resolved.to_dict()))
     first = plan[0][2]  # a missing file or an impossible benchmark option fails now
     get_benchmark(first["benchmark"]).build(
         first["scenario"], data_dir=first["data_dir"], head=first["head"],
@@ -68,10 +141,15 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
 
 
 def _same_config(directory: Path, config: dict[str, Any]) -> bool:
+    """Whether `directory` was run with `config` (up to settings that change no result)."""
+    from .experiment import RESULT_NEUTRAL
+
     if not (directory / "config.yaml").is_file():
         return False
     wanted = yaml.safe_load(yaml.safe_dump({"lifelong_version": __version__, **config}))
-    return yaml.safe_load((directory / "config.yaml").read_text()) == wanted
+    saved = yaml.safe_load((directory / "config.yaml").read_text())
+    return all(saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted)
+               if k not in RESULT_NEUTRAL)
 
 
 def finished_summary(directory: str | Path, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -90,36 +168,45 @@ def resumable(directory: str | Path, config: dict[str, Any]) -> bool:
 
 def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[int],
              set_pairs: Sequence[str], out: Path, *, jobs: int = 1,
-             progress: bool = True, resume: bool = False) -> dict[str, Any]:
-    """Run every method with every seed into `out/METHOD/seedN/`, then write
-    `out/comparison.json` with each metric's mean ± std (sample std over seeds) per method.
+             progress: bool = True, resume: bool = False,
+             grid: dict[str, list[str]] | None = None, backend: str = "local",
+             address: str | None = None) -> dict[str, Any]:
+    """Run every method (with every point of `grid`, {setting: values}) with every seed into
+    `out/METHOD[/POINT]/seedN/`, then write `out/comparison.json` with each metric's mean ± std
+    (sample std over seeds) per method and point.
 
-    `resume=True` keeps the finished runs whose folder holds the same configuration and
-    continues the unfinished ones from their checkpoints."""
-    plan = plan_grid(settings, methods, seeds, set_pairs)
+    `backend`: `local` (processes on this machine, `jobs` at once) or `ray` (tasks on the Ray
+    cluster at `address`, or a local Ray instance; `lifelong.sweep_ray`). `resume=True` keeps the
+    finished runs whose folder holds the same configuration and continues the unfinished ones
+    from their checkpoints (local backend)."""
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"--backend must be local or ray, got '{backend}'")
+    plan = plan_grid(settings, methods, seeds, set_pairs, grid)
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
-    directories = {(m, s): str(out / m / f"seed{s}") for m, s, _ in plan}
+    directories = {(v.label, s): str(out / v.folder / f"seed{s}") for v, s, _ in plan}
     if resume:
-        for method, seed, config in plan:
-            done = finished_summary(directories[(method, seed)], config)
+        for variant, seed, config in plan:
+            done = finished_summary(directories[(variant.label, seed)], config)
             if done is not None:
-                summaries[(method, seed)] = done
-        plan_to_run = [item for item in plan if (item[0], item[1]) not in summaries]
-    else:
-        plan_to_run = plan
-    continued = {(m, s): resume and resumable(directories[(m, s)], config)
-                 for m, s, config in plan_to_run}
-    if jobs == 1:
-        for index, (method, seed, config) in enumerate(plan_to_run):
-            label = f"[{index + 1}/{len(plan_to_run)}] {method} seed {seed} · "
-            summaries[(method, seed)] = _run_one(config, directories[(method, seed)], None,
-                                                 progress, label, continued[(method, seed)])
+                summaries[(variant.label, seed)] = done
+    to_run = [((v.label, s), config) for v, s, config in plan if (v.label, s) not in summaries]
+    if backend == "ray":
+        from .sweep_ray import run_on_ray
+
+        summaries.update(run_on_ray(to_run, directories, address, progress))
+    elif jobs == 1:
+        for index, (key, config) in enumerate(to_run):
+            label = f"[{index + 1}/{len(to_run)}] {key[0]} seed {key[1]} · "
+            continued = resume and resumable(directories[key], config)
+            summaries[key] = _run_one(config, directories[key], None, progress, label,
+                                      continued)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
         with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            pending = {pool.submit(_run_one, config, directories[(m, s)], threads, False, "",
-                                   continued[(m, s)]): (m, s) for m, s, config in plan_to_run}
+            pending = {pool.submit(_run_one, config, directories[key], threads, False, "",
+                                   resume and resumable(directories[key], config)): key
+                       for key, config in to_run}
             with _GridProgress(progress, len(pending)) as bar:
                 for done in futures.as_completed(pending):
                     summaries[pending[done]] = done.result()
@@ -129,21 +216,26 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     return comparison
 
 
-def summarize_grid(plan: Sequence[tuple[str, int, dict[str, Any]]],
+def summarize_grid(plan: Sequence[tuple[Variant, int, dict[str, Any]]],
                    summaries: dict[tuple[str, int], dict[str, Any]],
                    directories: dict[tuple[str, int], str], seeds: list[int]) -> dict[str, Any]:
+    """comparison.json: per method (and grid point) each metric's mean ± std over seeds, and
+    every run. `methods` is keyed by the label (`ewc`, or `ewc[lambda=100]` in a sweep)."""
     first = plan[0][2]
+    variants = list(dict.fromkeys(v for v, _, _ in plan))
     methods: dict[str, Any] = {}
-    for method in dict.fromkeys(m for m, _, _ in plan):
-        runs = [summaries[(method, s)] for s in seeds]
-        methods[method] = {key: _stats([r[key] for r in runs]) for key in SUMMARY_KEYS}
+    for variant in variants:
+        runs = [summaries[(variant.label, s)] for s in seeds]
+        methods[variant.label] = {key: _stats([r[key] for r in runs]) for key in SUMMARY_KEYS}
     return {
         "benchmark": first["benchmark"], "scenario": first["scenario"], "seeds": seeds,
         "methods": methods,
-        "runs": [{"method": m, "seed": s, "dir": directories[(m, s)],
-                  **{k: summaries[(m, s)][k] for k in SUMMARY_KEYS},
-                  "accuracy_matrix": summaries[(m, s)]["accuracy_matrix"]}
-                 for m, s, _ in plan],
+        "grid": {v.label: {"method": v.method, "settings": dict(v.point)} for v in variants
+                 if v.point},
+        "runs": [{"method": v.label, "seed": s, "dir": directories[(v.label, s)],
+                  **{k: summaries[(v.label, s)][k] for k in SUMMARY_KEYS},
+                  "accuracy_matrix": summaries[(v.label, s)]["accuracy_matrix"]}
+                 for v, s, _ in plan],
         "lifelong_version": __version__,
     }
 

@@ -31,6 +31,7 @@ from .metrics import summarize
 from .models import build_model
 from .rundir import RunDir, jsonable
 from .scenarios import Scenario, get_benchmark
+from .tracking import build_trackers, parse_trackers
 from .training.evaluate import evaluate
 from .training.loop import count_steps, train_task
 from .training.progress import Progress
@@ -70,12 +71,15 @@ class RunConfig(Config):
         "getting gradients decay into denormals, which made naive Split MNIST 1.7x slower)")
     data_dir: str | None = option(None, "folder with dataset files (default: $LIFELONG_DATA, "
                                   "then the download cache)")
+    log: str = option("", "also log every metric to trackers: tensorboard, mlflow or both "
+                      "(tensorboard,mlflow); needs pip install lifelong[tracking]")
     method_params: dict = option({}, "per-method settings, e.g. {ewc: {lambda: 100}}")
     benchmark_params: dict = option({}, "benchmark settings, e.g. {num_tasks: 5}")
 
     def validate(self) -> None:
         if self.epochs is not None and self.iterations is not None:
             raise ConfigError("give --epochs or --iterations, not both")
+        parse_trackers(self.log)
 
     def resolved(self) -> RunConfig:
         """A copy with every default filled in from the benchmark's protocol."""
@@ -133,6 +137,10 @@ class RunResult:
             "lifelong_version": __version__, "torch_version": torch.__version__,
             "python_version": platform.python_version(),
         }
+
+
+# settings that change no result: a run may be resumed, or a finished one kept, with others
+RESULT_NEUTRAL = ("log",)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,6 +228,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     cfg, method = prepare(config)
     if resume and out_dir is None:
         raise ConfigError("resuming needs the run's folder")
+    if cfg.log and out_dir is None:
+        raise ConfigError(f"log={cfg.log} needs the run's folder")
     device = resolve_device(cfg.device)
     benchmark = get_benchmark(cfg.benchmark)
     scenario = benchmark.build(cfg.scenario, data_dir=cfg.data_dir, head=cfg.head,
@@ -246,12 +256,13 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
             _check_same_config(out, config_dict)
             done = load_checkpoint(out, model=model, optimizer=optimizer, method=method,
                                    readout=readout, shuffle=shuffle)
-            run_dir = RunDir(out, append=True, truncate_at=done.metrics_bytes)
+            run_dir = RunDir(out, append=True, truncate_at=done.metrics_bytes,
+                             trackers=build_trackers(cfg.log, out, config_dict))
         else:
             if resume:
                 _check_same_config(out, config_dict)
             (out / CHECKPOINT).unlink(missing_ok=True)  # a stale one must not be resumed
-            run_dir = RunDir(out)
+            run_dir = RunDir(out, trackers=build_trackers(cfg.log, out, config_dict))
             run_dir.write_config(config_dict)
     started = time.perf_counter() - done.seconds
     if done.next_task == 0:
@@ -348,8 +359,9 @@ def _check_same_config(out: Path, config: dict[str, Any]) -> None:
         raise ConfigError(f"cannot resume {out}: it holds no config.yaml")
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     wanted = yaml.safe_load(yaml.safe_dump(jsonable(config), sort_keys=False))
-    saved.pop("lifelong_version", None)
-    wanted.pop("lifelong_version", None)
+    for key in ("lifelong_version", *RESULT_NEUTRAL):
+        saved.pop(key, None)
+        wanted.pop(key, None)
     if saved != wanted:
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         raise ConfigError(f"cannot resume {out}: its config.yaml differs from this run's in "

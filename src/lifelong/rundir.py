@@ -3,32 +3,51 @@
 Whole files are written to a temporary file in the same folder and renamed into place
 (`os.replace` is atomic), so a reader never sees half a file; metrics.jsonl is appended one flushed
 line at a time.
+
+Optional trackers (`lifelong.tracking`: TensorBoard, MLflow) get every record `log` writes and the
+summary; the metrics.jsonl line is always written first, and a tracker that fails is dropped with
+a warning, so it can neither lose a line nor stop the run.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import sys
 import tempfile
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .tracking import MetricMapper, Tracker
 
-def atomic_write_text(path: Path, text: str) -> None:
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` through a temporary file in its folder, fsync'd, then renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def jsonable(value: Any) -> Any:
@@ -56,9 +75,12 @@ class RunDir:
     """The output folder of one run."""
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False,
-                 truncate_at: int | None = None) -> None:
+                 truncate_at: int | None = None, trackers: Sequence[Tracker] = ()) -> None:
         """`append=True` continues metrics.jsonl; `truncate_at` first cuts it to that many bytes
-        (a resumed run drops the lines of the task it repeats)."""
+        (a resumed run drops the lines of the task it repeats). `trackers` (started, see
+        `lifelong.tracking.build_trackers`) get every record and the summary; `write_summary`
+        ends them; `close` while an exception propagates, or the exit of the process before the
+        summary, ends them as failed."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         metrics = self.path / "metrics.jsonl"
@@ -66,20 +88,64 @@ class RunDir:
             os.truncate(metrics, min(truncate_at, metrics.stat().st_size))
         self._metrics = open(  # noqa: SIM115
             metrics, "a" if append else "w", encoding="utf-8")
+        self.trackers = list(trackers)
+        self._mapper = MetricMapper()
+        self._outer_error = sys.exc_info()[1]  # an exception already being handled by the caller
+        if self.trackers:
+            atexit.register(self._end_trackers, True)  # exit before the summary: failed
 
     def metrics_bytes(self) -> int:
         """The length of metrics.jsonl so far (every line is flushed)."""
         return self._metrics.tell()
 
     def log(self, **record: Any) -> None:
-        self._metrics.write(json.dumps(jsonable(record)) + "\n")
+        plain = jsonable(record)
+        self._metrics.write(json.dumps(plain) + "\n")
         self._metrics.flush()
+        if self.trackers:
+            for step, metrics in self._mapper.record(plain):
+                self._track(lambda tracker, m=metrics, s=step: tracker.log_metrics(m, s))
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_yaml(self.path / "config.yaml", config)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.path / "summary.json", summary)
+        if self.trackers:
+            step, metrics = self._mapper.summary(jsonable(summary))
+            if metrics:
+                self._track(lambda tracker: tracker.log_metrics(metrics, step))
+            self._end_trackers()
 
     def close(self) -> None:
         self._metrics.close()
+        error = sys.exc_info()[1]
+        if error is not None and error is not self._outer_error:
+            self._end_trackers(failed=True)
+
+    def _track(self, call: Any) -> None:
+        for tracker in list(self.trackers):
+            try:
+                call(tracker)
+            except Exception as error:
+                self.trackers.remove(tracker)
+                _warn(tracker, error)
+                try:
+                    tracker.close(failed=True)
+                except Exception:  # noqa: S110 - it failed already; that was reported
+                    pass
+
+    def _end_trackers(self, failed: bool = False) -> None:
+        atexit.unregister(self._end_trackers)
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            try:
+                tracker.close(failed=failed)
+            except Exception as error:
+                _warn(tracker, error)
+
+
+def _warn(tracker: Tracker, error: Exception) -> None:
+    warnings.warn(f"{tracker.name} tracker failed ({type(error).__name__}: {error}); it gets "
+                  f"nothing more from this run, metrics.jsonl has every record", RuntimeWarning,
+                  stacklevel=4)

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..experiment import _peak_memory_mb, make_optimizer, resolve_device, seed_everything
 from ..models import build_model
 from ..rundir import RunDir
+from ..tracking import build_trackers, parse_trackers
 from ..training.progress import Progress
 from .benchmarks import get_stream_benchmark
 from .trainer import StreamBin, train_stream
@@ -58,8 +59,13 @@ class StreamConfig(Config):
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
     flush_denormal: bool = option(True, "CPU: flush denormal floats to zero")
     data_dir: str | None = option(None, "folder with dataset files")
+    log: str = option("", "also log every metric to trackers: tensorboard, mlflow or both "
+                      "(tensorboard,mlflow); needs pip install lifelong[tracking]")
     method_params: dict = option({}, "per-method settings, e.g. {cbp: {replacement_rate: 1e-4}}")
     benchmark_params: dict = option({}, "benchmark settings, e.g. {samples_per_task: 5000}")
+
+    def validate(self) -> None:
+        parse_trackers(self.log)
 
     def resolved(self) -> StreamConfig:
         benchmark = get_stream_benchmark(self.benchmark)
@@ -133,6 +139,8 @@ def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
                progress: bool = True, label: str = "") -> StreamResult:
     """Train `config.method` online on the benchmark's stream; see the module docstring."""
     cfg, method = prepare_stream(config)
+    if cfg.log and out_dir is None:
+        raise ConfigError(f"log={cfg.log} needs the run's folder")
     device = resolve_device(cfg.device)
     benchmark = get_stream_benchmark(cfg.benchmark)
     stream = benchmark.build(num_tasks=cfg.tasks, seed=cfg.seed, data_dir=cfg.data_dir,
@@ -146,8 +154,9 @@ def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
     method.attach(model, optimizer, seed=cfg.seed + 1_000_003)
     metric = "error" if stream.regression else "accuracy"
 
-    run_dir = RunDir(out_dir) if out_dir is not None else None
     config_dict = {"lifelong_version": __version__, **cfg.to_dict()}
+    run_dir = (RunDir(out_dir, trackers=build_trackers(cfg.log, out_dir, config_dict))
+               if out_dir is not None else None)
     if run_dir:
         run_dir.write_config(config_dict)
     bins: list[dict[str, Any]] = []
