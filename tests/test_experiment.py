@@ -116,3 +116,48 @@ def test_method_reports_reach_metrics_and_summary(tmp_path) -> None:
     assert logged[1]["ticket_accuracy"] == result.method_reports[1]["ticket_accuracy"]
     # the task's full model is what the accuracy matrix measured
     assert result.method_reports[1]["full_accuracy"] == result.accuracy_matrix[1][1]
+
+
+def test_protocol_momentum_and_weight_decay_are_defaults_that_flags_override() -> None:
+    from lifelong.experiment import RunConfig
+
+    dohare = RunConfig(benchmark="cifar100-incremental").resolved()
+    assert (dohare.momentum, dohare.weight_decay, dohare.model) == (0.9, 5e-4, "resnet18")
+    mine = RunConfig(benchmark="cifar100-incremental", momentum=0.0, weight_decay=0.0).resolved()
+    assert (mine.momentum, mine.weight_decay) == (0.0, 0.0)
+    assert RunConfig(benchmark="split-digits").resolved().momentum == 0.0
+
+
+def test_width_and_batch_norm_reach_the_model(monkeypatch, tmp_path) -> None:
+    import lifelong.experiment as experiment
+    from lifelong.experiment import RunConfig, run_experiment
+
+    seen = {}
+
+    class Built(Exception):
+        pass
+
+    def build_model(*args, **kwargs):
+        seen.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr(experiment, "build_model", build_model)
+    with pytest.raises(Built):
+        run_experiment(RunConfig(benchmark="split-digits", width=8, batch_norm=True,
+                                 device="cpu"), progress=False)
+    assert seen == {"width": 8, "batch_norm": True}
+
+
+def test_default_run_folder_of_user_data_is_a_plain_name(tmp_path, monkeypatch) -> None:
+    import numpy as np
+
+    from lifelong.cli import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "mine.npz", x_train=rng.random((40, 6)).astype(np.float32),
+             y_train=np.repeat(np.arange(4), 10), x_test=rng.random((8, 6)).astype(np.float32),
+             y_test=np.repeat(np.arange(4), 2))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "-b", f"arrays:{tmp_path / 'mine.npz'}", "--iterations", "2",
+                 "--quiet", "--no-report", "--device", "cpu"]) == 0
+    assert (tmp_path / "runs" / "arrays-mine.npz-task-naive-s0" / "summary.json").is_file()

@@ -18,8 +18,8 @@ from .errors import ConfigError, LifelongError
 
 NO_REPORT_HELP = "do not write report.html (figures and tables) into the output folder"
 RUN_FLAGS = ("benchmark", "scenario", "seed", "epochs", "iterations", "batch_size", "lr",
-             "optimizer", "momentum", "weight_decay", "model", "hidden", "dropout", "head",
-             "eval_batch_size", "device", "data_dir", "diagnostics", "log")
+             "optimizer", "momentum", "weight_decay", "model", "hidden", "dropout", "width",
+             "batch_norm", "head", "eval_batch_size", "device", "data_dir", "diagnostics", "log")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,9 +38,13 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--optimizer", help="sgd or adam")
     group.add_argument("--momentum", type=float, help="SGD momentum")
     group.add_argument("--weight-decay", type=float)
-    group.add_argument("--model", help="model architecture (mlp)")
+    group.add_argument("--model", help="mlp, cnn or resnet18 (default: the benchmark's)")
     group.add_argument("--hidden", help="hidden layer widths, e.g. 400,400")
     group.add_argument("--dropout", type=float)
+    group.add_argument("--width", type=int, help="channels of the first convolution (cnn 32, "
+                                                 "resnet18 20)")
+    group.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                       help="BatchNorm in the model (default: resnet18 only)")
     group.add_argument("--head", help="task-incremental output: multi (default) or shared")
     group.add_argument("--eval-batch-size", type=int)
     group.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
@@ -311,7 +315,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = route_settings(args.settings, settings.get("method", "naive"), settings)
     config = _run_config(settings)
     resolved, _ = prepare(config)
-    out = args.out or (f"runs/{resolved.benchmark}-{resolved.scenario}-"
+    kind, colon, path = resolved.benchmark.partition(":")  # folder:/data/photos -> folder-photos
+    name = f"{kind}-{Path(path.rstrip('/')).name}" if colon else kind
+    benchmark = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    out = args.out or (f"runs/{benchmark}-{resolved.scenario}-"
                        f"{resolved.method}-s{resolved.seed}")
     console = _console()
     console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "

@@ -52,11 +52,16 @@ class RunConfig(Config):
     batch_size: int | None = option(None, "mini-batch size", low=1)
     lr: float | None = option(None, "learning rate", low=0, low_open=True)
     optimizer: Literal["sgd", "adam"] | None = option(None, "optimizer")
-    momentum: float = option(0.0, "SGD momentum", low=0, high=1)
-    weight_decay: float = option(0.0, "the optimizer's weight decay", low=0)
+    momentum: float | None = option(None, "SGD momentum (default: the benchmark's, mostly 0)",
+                                    low=0, high=1)
+    weight_decay: float | None = option(
+        None, "the optimizer's weight decay (default: the benchmark's, mostly 0)", low=0)
     model: str | None = option(None, "model architecture (default: the benchmark's)")
     hidden: tuple[int, ...] | None = option(None, "hidden layer widths, e.g. 400,400", low=1)
     dropout: float = option(0.0, "dropout after each hidden layer", low=0, high=1)
+    width: int | None = option(None, "channels of the first convolution (cnn: 32, resnet18: 20)",
+                               low=1)
+    batch_norm: bool | None = option(None, "BatchNorm in the model (default: resnet18 only)")
     head: Literal["multi", "shared"] = option(
         "multi", "task-incremental output: one head per task, or one shared head masked per task")
     mask_unseen: bool = option(
@@ -103,6 +108,9 @@ class RunConfig(Config):
             lr=self.lr or protocol.lr,
             optimizer=self.optimizer or protocol.optimizer,
             model=self.model or protocol.model,
+            momentum=protocol.momentum if self.momentum is None else self.momentum,
+            weight_decay=(protocol.weight_decay if self.weight_decay is None
+                          else self.weight_decay),
             hidden=list(self.hidden or protocol.hidden),
             method_params={n: p for n, p in params.items() if p},
             benchmark_params=benchmark.options.from_dict(self.benchmark_params).to_dict(),
@@ -239,7 +247,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
         torch.set_flush_denormal(True)  # process-wide; a no-op where the CPU lacks it
     readout = scenario.readout.to(device)
     model = build_model(cfg.model, scenario.input_shape, scenario.num_outputs, cfg.hidden,
-                        cfg.dropout).to(device)
+                        cfg.dropout, width=cfg.width, batch_norm=cfg.batch_norm).to(device)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                cfg.weight_decay)
     method.attach(model, optimizer, readout, seed=cfg.seed + 1_000_003)
