@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lifelong.data import cifar as cifar_mod
+from lifelong.data import cifar100 as cifar100_mod
 
 BATCHES = (*cifar_mod.TRAIN_BATCHES, *cifar_mod.TEST_BATCHES)
 
@@ -48,6 +49,40 @@ def write_tarball(path: Path, batches: dict[str, dict], raw: dict[str, bytes] | 
         tar.addfile(dir_info)
         for name, data in files.items():
             info = tarfile.TarInfo(f"{cifar_mod.BATCHES_DIR}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+# --- CIFAR-100 ---------------------------------------------------------------------------------
+def cifar100_batch(n: int, seed: int, coarse_max: int = 19,
+                   fine_labels: list[int] | None = None) -> dict[bytes, object]:
+    """A batch as the official files hold it (fine and coarse labels, CHW rows of 3072 bytes)."""
+    rng = np.random.default_rng(seed)
+    return {
+        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
+        b"batch_label": f"batch {seed}".encode(),
+        b"fine_labels": (list(fine_labels) if fine_labels is not None
+                         else [int(v) for v in rng.integers(0, 100, n)]),
+        b"coarse_labels": [int(v) for v in rng.integers(0, coarse_max + 1, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+    }
+
+
+def cifar100_batches(**kwargs) -> dict[str, dict]:
+    return {"train": cifar100_batch(6, 1, **kwargs), "test": cifar100_batch(3, 2, **kwargs)}
+
+
+def write_cifar100_tarball(path: Path, batches: dict[str, dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files = {name: _pickled(b) for name, b in batches.items()}
+    files["meta"] = pickle.dumps({b"fine_label_names": [], b"coarse_label_names": []})
+    with tarfile.open(path, "w:gz") as tar:
+        folder = tarfile.TarInfo(cifar100_mod.BATCHES_DIR)
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{cifar100_mod.BATCHES_DIR}/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path

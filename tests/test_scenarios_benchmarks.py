@@ -152,3 +152,30 @@ def test_real_mnist_files_rotated_and_fashion_split(shared_data: str) -> None:
     fashion = BENCHMARKS["split-fashion-mnist"].build("task", data_dir=shared_data)
     y = load_fashion_mnist(shared_data).y_train
     assert len(fashion.tasks[2].train_data().y) == int(np.isin(y, [4, 5]).sum()) == 12000
+
+
+def test_cifar100_incremental_runs_end_to_end_with_resnet18(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dohare's class-incremental CIFAR-100 through run_experiment on a tiny tarball in the
+    real format (2 train and 1 test image per class): 20 tasks, cumulative training data,
+    the reduced ResNet-18 with BatchNorm and the protocol's SGD with momentum."""
+    from cifar_fakes import cifar100_batch, write_cifar100_tarball
+
+    from lifelong.data import cifar100 as cifar100_mod
+    from lifelong.data import md5sum
+    from lifelong.experiment import RunConfig, run_experiment
+
+    classes = list(range(100))
+    batches = {"train": cifar100_batch(200, 1, fine_labels=classes * 2),
+               "test": cifar100_batch(100, 2, fine_labels=classes)}
+    tarball = write_cifar100_tarball(tmp_path / "data" / cifar100_mod.TARBALL, batches)
+    monkeypatch.setattr(cifar100_mod, "TARBALL_MD5", md5sum(tarball))
+    monkeypatch.setenv("LIFELONG_NO_DOWNLOAD", "1")
+    result = run_experiment(RunConfig(benchmark="cifar100-incremental", epochs=1, width=4,
+                                      device="cpu", data_dir=str(tmp_path / "data")),
+                            tmp_path / "run", progress=False)
+    config = result.config
+    assert (config["model"], config["momentum"], config["scenario"]) == ("resnet18", 0.9,
+                                                                         "class")
+    assert len(result.accuracy_matrix) == 20 and all(len(r) == 20 for r in result.accuracy_matrix)
+    assert (tmp_path / "run" / "summary.json").is_file()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import pickle
-import tarfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cifar_fakes import _pickled
+from cifar_fakes import cifar100_batch as _batch
+from cifar_fakes import cifar100_batches as _batches
+from cifar_fakes import write_cifar100_tarball as _write_tarball
 
 from lifelong.data import cifar100 as cifar100_mod
 from lifelong.data import load_cifar100, md5sum
@@ -22,43 +23,6 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("unexpected download")
 
     monkeypatch.setattr(cifar100_mod, "download", refuse)
-
-
-def _batch(n: int, seed: int, coarse_max: int = 19) -> dict[bytes, object]:
-    """A batch as the official files hold it (fine and coarse labels, CHW rows of 3072 bytes)."""
-    rng = np.random.default_rng(seed)
-    return {
-        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
-        b"batch_label": f"batch {seed}".encode(),
-        b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
-        b"coarse_labels": [int(v) for v in rng.integers(0, coarse_max + 1, n)],
-        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-    }
-
-
-def _pickled(batch: dict) -> bytes:
-    # Protocol 2 like the official (Python 2) files, which name the NumPy 1 module.
-    raw = pickle.dumps(batch, protocol=2)
-    return raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-
-
-def _batches(**kwargs) -> dict[str, dict]:
-    return {"train": _batch(6, 1, **kwargs), "test": _batch(3, 2, **kwargs)}
-
-
-def _write_tarball(path: Path, batches: dict[str, dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files = {name: _pickled(b) for name, b in batches.items()}
-    files["meta"] = pickle.dumps({b"fine_label_names": [], b"coarse_label_names": []})
-    with tarfile.open(path, "w:gz") as tar:
-        folder = tarfile.TarInfo(cifar100_mod.BATCHES_DIR)
-        folder.type = tarfile.DIRTYPE
-        tar.addfile(folder)
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{cifar100_mod.BATCHES_DIR}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 @pytest.fixture
