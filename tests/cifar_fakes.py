@@ -39,19 +39,24 @@ def fake_batches() -> dict[str, dict]:
     return {name: _batch(sizes[name], seed) for seed, name in enumerate(BATCHES)}
 
 
-def write_tarball(path: Path, batches: dict[str, dict], raw: dict[str, bytes] | None = None):
+def _write_tar(path: Path, folder: str, files: dict[str, bytes]) -> Path:
+    """A .tar.gz holding `folder/` and `folder/NAME` for each file, as the official archives."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    files = {"batches.meta": pickle.dumps({b"label_names": []}), "readme.html": b"<html/>"}
-    files |= {name: _pickled(b) for name, b in batches.items()} | (raw or {})
     with tarfile.open(path, "w:gz") as tar:
-        dir_info = tarfile.TarInfo(cifar_mod.BATCHES_DIR)
-        dir_info.type = tarfile.DIRTYPE
-        tar.addfile(dir_info)
+        info = tarfile.TarInfo(folder)
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
         for name, data in files.items():
-            info = tarfile.TarInfo(f"{cifar_mod.BATCHES_DIR}/{name}")
+            info = tarfile.TarInfo(f"{folder}/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def write_tarball(path: Path, batches: dict[str, dict], raw: dict[str, bytes] | None = None):
+    files = {"batches.meta": pickle.dumps({b"label_names": []}), "readme.html": b"<html/>"}
+    files |= {name: _pickled(b) for name, b in batches.items()} | (raw or {})
+    return _write_tar(path, cifar_mod.BATCHES_DIR, files)
 
 
 # --- CIFAR-100 ---------------------------------------------------------------------------------
@@ -74,15 +79,6 @@ def cifar100_batches(**kwargs) -> dict[str, dict]:
 
 
 def write_cifar100_tarball(path: Path, batches: dict[str, dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     files = {name: _pickled(b) for name, b in batches.items()}
     files["meta"] = pickle.dumps({b"fine_label_names": [], b"coarse_label_names": []})
-    with tarfile.open(path, "w:gz") as tar:
-        folder = tarfile.TarInfo(cifar100_mod.BATCHES_DIR)
-        folder.type = tarfile.DIRTYPE
-        tar.addfile(folder)
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{cifar100_mod.BATCHES_DIR}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return _write_tar(path, cifar100_mod.BATCHES_DIR, files)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import numpy as np
 import yaml
 
 from .._version import __version__
-from ..rundir import atomic_write_text
+from ..rundir import atomic_write_bytes, atomic_write_text
 from . import figures
 from .data import Report, ReportError, Run, as_array, load_report, mean_std, numeric_keys, stats
 
@@ -421,20 +419,6 @@ def render_report(directory: str | Path) -> tuple[str, dict[str, bytes]]:
     return text, page.figures
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_report(directory: str | Path) -> Path:
     """Write `directory/report.html` (self-contained) and its figures as PNGs in
     `directory/report/`; return the page's path. Raises ReportError for a folder that is neither
@@ -443,7 +427,7 @@ def write_report(directory: str | Path) -> Path:
     text, pngs = render_report(directory)
     folder = directory / FIGURE_FOLDER
     for name, png in pngs.items():
-        _atomic_write_bytes(folder / name, png)
+        atomic_write_bytes(folder / name, png)
     if folder.is_dir():  # figures of an earlier report that this one no longer has
         for stale in folder.glob("*.png"):
             if stale.name not in pngs:
