@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .batch import Batch, BatchLike, as_batch, iter_batches
+from .batchnorm import RunningStats
 from .config import Config
 from .readout import SCENARIOS, Readout
 
@@ -117,6 +118,7 @@ class Method:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        self._probe_stats = RunningStats(model)  # see loss_gradients
         device = self.params[0].device if self.params else torch.device("cpu")
         if seed is None:  # follow the global seed, so seeded runs stay reproducible
             seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -211,8 +213,12 @@ class Method:
 
     def loss_gradients(self, batch: Batch, params: list[Tensor]) -> list[Tensor]:
         """∇ of the task loss on `batch` for `params`, without touching their `.grad` (zeros
-        where a parameter does not reach the loss). Works inside an optimizer step hook."""
-        with torch.enable_grad():
+        where a parameter does not reach the loss). Works inside an optimizer step hook.
+
+        A probe, not training (A-GEM's and GEM's reference gradients): the model stays in the
+        training step's mode, so BatchNorm normalises with the batch's statistics as for g, and
+        its running statistics are put back afterwards (`lifelong.core.batchnorm`)."""
+        with torch.enable_grad(), self._probe_stats.frozen():
             found = torch.autograd.grad(self.task_loss(batch), params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, found)]
 

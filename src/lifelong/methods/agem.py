@@ -18,7 +18,6 @@ import dataclasses
 from typing import Literal
 
 from ..core.batch import Batch
-from ..core.batchnorm import RunningStats
 from ..core.config import option
 from ..core.registry import register_method
 from ..functional import project_away_from_conflict_
@@ -40,10 +39,6 @@ class AGEM(MemoryMethod):
     description = "A-GEM: project gradients that would increase the loss on the memory"
     Config = AGEMConfig
 
-    def on_attach(self) -> None:
-        super().on_attach()
-        self._running_stats = RunningStats(self.model)
-
     def prepare_batch(self, batch: Batch) -> Batch:
         self.observe(batch)  # task-free (reservoir) memories follow the stream
         return batch
@@ -59,6 +54,5 @@ class AGEM(MemoryMethod):
             return
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
-        with self._running_stats.frozen():
-            refs = self.loss_gradients(reference_batch, params)
+        refs = self.loss_gradients(reference_batch, params)  # BatchNorm stats untouched
         project_away_from_conflict_(grads, refs, self.config.eps, reference_is_scratch=True)

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from ..core.batch import Batch, BatchLike, whole
-from ..core.batchnorm import RunningStats
 from ..core.config import Config, option
 from ..core.method import Method
 from ..core.registry import register_method
@@ -53,9 +52,6 @@ class GEM(Method):
         super().__init__(config, **overrides)
         self.memories: list[Batch] = []
 
-    def on_attach(self) -> None:
-        self._running_stats = RunningStats(self.model)
-
     def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
         data = whole(data)
         count = min(self.config.memory_per_task, len(data))
@@ -68,8 +64,7 @@ class GEM(Method):
             return
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
-        with self._running_stats.frozen():
-            references = [self.loss_gradients(memory, params) for memory in self.memories]
+        references = [self.loss_gradients(memory, params) for memory in self.memories]
         gram, alignment = _gram(references, grads)
         if bool((alignment >= 0).all()):
             return  # no past task's loss would rise: keep g
