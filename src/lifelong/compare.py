@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ._version import __version__
 from .checkpoint import CHECKPOINT
@@ -141,15 +140,11 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
 
 
 def _same_config(directory: Path, config: dict[str, Any]) -> bool:
-    """Whether `directory` was run with `config` (up to settings that change no result)."""
-    from .experiment import RESULT_NEUTRAL
+    """Whether `directory` was run with `config` by this version (up to settings that change no
+    result)."""
+    from .experiment import config_differences
 
-    if not (directory / "config.yaml").is_file():
-        return False
-    wanted = yaml.safe_load(yaml.safe_dump({"lifelong_version": __version__, **config}))
-    saved = yaml.safe_load((directory / "config.yaml").read_text())
-    return all(saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted)
-               if k not in RESULT_NEUTRAL)
+    return config_differences(directory, {"lifelong_version": __version__, **config}) == []
 
 
 def finished_summary(directory: str | Path, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -190,6 +185,7 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
             if done is not None:
                 summaries[(variant.label, seed)] = done
     to_run = [((v.label, s), config) for v, s, config in plan if (v.label, s) not in summaries]
+    continued = {key: resume and resumable(directories[key], config) for key, config in to_run}
     if backend == "ray":
         from .sweep_ray import run_on_ray
 
@@ -197,16 +193,14 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     elif jobs == 1:
         for index, (key, config) in enumerate(to_run):
             label = f"[{index + 1}/{len(to_run)}] {key[0]} seed {key[1]} · "
-            continued = resume and resumable(directories[key], config)
             summaries[key] = _run_one(config, directories[key], None, progress, label,
-                                      continued)
+                                      continued[key])
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
         with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             pending = {pool.submit(_run_one, config, directories[key], threads, False, "",
-                                   resume and resumable(directories[key], config)): key
-                       for key, config in to_run}
+                                   continued[key]): key for key, config in to_run}
             with _GridProgress(progress, len(pending)) as bar:
                 for done in futures.as_completed(pending):
                     summaries[pending[done]] = done.result()

@@ -260,15 +260,14 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     run_dir = None
     if out_dir is not None:
         out = Path(out_dir)
-        if resume and (out / CHECKPOINT).is_file():
+        if resume:
             _check_same_config(out, config_dict)
+        if resume and (out / CHECKPOINT).is_file():
             done = load_checkpoint(out, model=model, optimizer=optimizer, method=method,
                                    readout=readout, shuffle=shuffle)
             run_dir = RunDir(out, append=True, truncate_at=done.metrics_bytes,
                              trackers=build_trackers(cfg.log, out, config_dict))
         else:
-            if resume:
-                _check_same_config(out, config_dict)
             (out / CHECKPOINT).unlink(missing_ok=True)  # a stale one must not be resumed
             run_dir = RunDir(out, trackers=build_trackers(cfg.log, out, config_dict))
             run_dir.write_config(config_dict)
@@ -360,18 +359,26 @@ def resume_experiment(out_dir: str | Path, *, progress: bool = True,
                           resume=True)
 
 
-def _check_same_config(out: Path, config: dict[str, Any]) -> None:
-    """A resumed run must have the configuration its folder was started with."""
-    path = out / "config.yaml"
+def config_differences(out: str | Path, config: dict[str, Any],
+                       ignore: tuple[str, ...] = ()) -> list[str] | None:
+    """The settings whose value in `out/config.yaml` differs from `config` (as a run writes it),
+    apart from `ignore` and settings that change no result; None when there is no config.yaml."""
+    path = Path(out) / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"cannot resume {out}: it holds no config.yaml")
+        return None
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     wanted = yaml.safe_load(yaml.safe_dump(jsonable(config), sort_keys=False))
-    for key in ("lifelong_version", *RESULT_NEUTRAL):
-        saved.pop(key, None)
-        wanted.pop(key, None)
-    if saved != wanted:
-        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    skip = (*ignore, *RESULT_NEUTRAL)
+    return sorted(k for k in set(saved) | set(wanted)
+                  if k not in skip and saved.get(k) != wanted.get(k))
+
+
+def _check_same_config(out: Path, config: dict[str, Any]) -> None:
+    """A resumed run must have the configuration its folder was started with (any version)."""
+    changed = config_differences(out, config, ignore=("lifelong_version",))
+    if changed is None:
+        raise ConfigError(f"cannot resume {out}: it holds no config.yaml")
+    if changed:
         raise ConfigError(f"cannot resume {out}: its config.yaml differs from this run's in "
                           f"{', '.join(changed)}; start a new folder instead")
 
