@@ -73,6 +73,20 @@ def test_sweep_writes_the_layout_and_a_rerun_skips_finished_runs(
     assert again["methods"] == comparison["methods"]
 
 
+def test_the_report_of_a_moved_sweep_finds_every_run_folder(tmp_path: Path) -> None:
+    from lifelong.report.data import load_report
+
+    args = ["sweep", *FAST, "--methods", "naive,ewc", "--grid", "ewc.lambda=1,100",
+            "--out", str(tmp_path / "sweep")]
+    assert main(args) == 0
+    moved = (tmp_path / "sweep").rename(tmp_path / "moved")  # comparison.json's dirs are stale
+    report = load_report(moved)
+    assert [run.folder for run in report.runs] == [
+        moved / "naive" / "seed0", moved / "ewc" / "ewc.lambda=1" / "seed0",
+        moved / "ewc" / "ewc.lambda=100" / "seed0"]
+    assert all(run.config_text for run in report.runs)
+
+
 def test_an_unknown_backend_is_refused_before_anything_runs(tmp_path: Path, capsys) -> None:
     code = main(["sweep", *FAST, "--methods", "naive", "--backend", "slurm",
                  "--out", str(tmp_path)])

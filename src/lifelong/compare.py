@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ._version import __version__
 from .checkpoint import CHECKPOINT
 from .errors import ConfigError
+from .metrics import seed_stats
 from .rundir import write_json
 
 SUMMARY_KEYS = ("acc", "bwt", "fwt", "forgetting", "seconds")
@@ -36,15 +35,6 @@ def _run_one(config: dict[str, Any], out_dir: str, threads: int | None,
     result = run_experiment(RunConfig.from_dict(config), out_dir, progress=progress, label=label,
                             resume=resume)
     return result.summary()
-
-
-def _stats(values: Sequence[float | None]) -> dict[str, Any]:
-    present = [v for v in values if v is not None]
-    if not present:
-        return {"mean": None, "std": None, "count": 0, "values": list(values)}
-    std = float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
-    return {"mean": float(np.mean(present)), "std": std, "count": len(present),
-            "values": list(values)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,13 +210,15 @@ def summarize_grid(plan: Sequence[tuple[Variant, int, dict[str, Any]]],
     methods: dict[str, Any] = {}
     for variant in variants:
         runs = [summaries[(variant.label, s)] for s in seeds]
-        methods[variant.label] = {key: _stats([r[key] for r in runs]) for key in SUMMARY_KEYS}
+        methods[variant.label] = {key: seed_stats([r[key] for r in runs]) for key in SUMMARY_KEYS}
     return {
         "benchmark": first["benchmark"], "scenario": first["scenario"], "seeds": seeds,
         "methods": methods,
         "grid": {v.label: {"method": v.method, "settings": dict(v.point)} for v in variants
                  if v.point},
-        "runs": [{"method": v.label, "seed": s, "dir": directories[(v.label, s)],
+        # folder: relative to comparison.json's folder; dir: as given when the grid ran
+        "runs": [{"method": v.label, "seed": s, "folder": str(v.folder / f"seed{s}"),
+                  "dir": directories[(v.label, s)],
                   **{k: summaries[(v.label, s)][k] for k in SUMMARY_KEYS},
                   "accuracy_matrix": summaries[(v.label, s)]["accuracy_matrix"]}
                  for v, s, _ in plan],

@@ -14,7 +14,9 @@ The metrics that compare tasks are undefined (None) for a single task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,3 +68,14 @@ def summarize(matrix: Matrix, baseline: Sequence[float] | None = None) -> dict[s
         "fwt": None if baseline is None else forward_transfer(matrix, baseline),
         "forgetting": forgetting(matrix),
     }
+
+
+def seed_stats(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of the values present (not
+    None, finite), their count, and the values as given: a metric over seeds."""
+    present = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not present:
+        return {"mean": None, "std": None, "count": 0, "values": list(values)}
+    std = float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
+    return {"mean": float(np.mean(present)), "std": std, "count": len(present),
+            "values": list(values)}

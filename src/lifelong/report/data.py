@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LifelongError
+from ..metrics import seed_stats
 
 # a per-task or per-probe record's keys that are coordinates, not measurements
 COORDINATES = ("task", "samples", "event")
@@ -66,16 +67,6 @@ def as_array(rows: Sequence[Any]) -> np.ndarray:
     if rows and isinstance(rows[0], (list, tuple)):
         return np.array([[number(v) for v in row] for row in rows], dtype=float)
     return np.array([number(v) for v in rows], dtype=float)
-
-
-def stats(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and sample std (ddof=1, as comparison.json) of the values that are present."""
-    present = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not present:
-        return {"mean": None, "std": None, "count": 0, "values": list(values)}
-    std = float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
-    return {"mean": float(np.mean(present)), "std": std, "count": len(present),
-            "values": list(values)}
 
 
 def mean_std(stack: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -159,7 +150,7 @@ def load_report(directory: str | Path) -> Report:
         return Report(kind="stream" if stream else "run", directory=directory,
                       benchmark=str(summary.get("benchmark", "?")),
                       scenario=summary.get("scenario"), seeds=[seed],
-                      methods={method: {k: stats([summary.get(k)]) for k in keys}},
+                      methods={method: {k: seed_stats([summary.get(k)]) for k in keys}},
                       runs=[_run(method, seed, directory, summary)])
     raise ReportError(f"'{directory}' holds neither summary.json (a run folder, from lifelong run "
                       "or lifelong stream) nor comparison.json (a compare folder, from lifelong "
@@ -175,10 +166,12 @@ def _load_compare(directory: Path) -> Report:
     for entry in comparison.get("runs", []):
         method, seed = entry["method"], entry["seed"]
         # the folder beside comparison.json first: entry["dir"] is relative to where compare ran
-        candidates = [directory / method / f"seed{seed}", Path(entry.get("dir", ""))]
+        # (comparisons written before "folder" existed held METHOD/seedN)
+        inside = entry.get("folder") or Path(method, f"seed{seed}")
+        candidates = [directory / inside, Path(entry.get("dir", ""))]
         folder = next((c for c in candidates if (c / "summary.json").is_file()), None)
         summary = _read_json(folder / "summary.json") if folder is not None else {}
-        summary = {**summary, **{k: v for k, v in entry.items() if k != "dir"}}
+        summary = {**summary, **{k: v for k, v in entry.items() if k not in ("dir", "folder")}}
         runs.append(_run(method, seed, folder, summary))
     return Report(kind="compare", directory=directory,
                   benchmark=str(comparison.get("benchmark", "?")),

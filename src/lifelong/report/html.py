@@ -24,9 +24,10 @@ import numpy as np
 import yaml
 
 from .._version import __version__
+from ..metrics import seed_stats
 from ..rundir import atomic_write_bytes, atomic_write_text
 from . import figures
-from .data import Report, ReportError, Run, as_array, load_report, mean_std, numeric_keys, stats
+from .data import Report, ReportError, Run, as_array, load_report, mean_std, numeric_keys
 
 __all__ = ["REPORT_NAME", "FIGURE_FOLDER", "ReportError", "render_report", "write_report"]
 
@@ -206,9 +207,9 @@ def _metrics_section(page: _Page, report: Report) -> None:
     rows = []
     for method, metric_stats in report.methods.items():
         runs = report.runs_of(method)
-        per_task = stats([float(np.mean(r.task_seconds)) if r.task_seconds else None
+        per_task = seed_stats([float(np.mean(r.task_seconds)) if r.task_seconds else None
                           for r in runs])
-        memory = stats([r.summary.get("peak_memory_mb") for r in runs])
+        memory = seed_stats([r.summary.get("peak_memory_mb") for r in runs])
         count = max((s.get("count", 0) for s in metric_stats.values()), default=0)
         row = [f"<td>{esc(method)}</td>", f"<td>{count}</td>"]
         row += [_cell(metric_stats.get(key), digits, key, method, method in best[key])
@@ -331,7 +332,7 @@ def _timing_section(page: _Page, report: Report) -> None:
     rows, series = [], {}
     for method in report.methods:
         runs = report.runs_of(method)
-        total = stats([r.summary.get("seconds") for r in runs])
+        total = seed_stats([r.summary.get("seconds") for r in runs])
         per_task = [as_array(r.task_seconds) for r in runs if r.task_seconds]
         per_task = [p for p in per_task if per_task and p.shape == per_task[0].shape]
         if per_task:
