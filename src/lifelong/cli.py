@@ -307,7 +307,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .experiment import prepare, run_experiment
-    from .report.tables import accuracy_matrix_table, metrics_table
 
     if args.resume:
         return _resume_run(args)
@@ -323,17 +322,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     console = _console()
     console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
                   f"({resolved.scenario}-incremental), seed {resolved.seed} -> {out}")
-    result = run_experiment(config, out, progress=not args.quiet)
+    _show_run(args, run_experiment(config, out, progress=not args.quiet), out)
+    return 0
+
+
+def _show_run(args: argparse.Namespace, result: Any, out: str | Path) -> None:
+    """A finished run's matrix and metrics, where its files are, and its report.html."""
+    from .report.tables import accuracy_matrix_table, metrics_table
+
+    console = _console()
     console.print(accuracy_matrix_table(result.accuracy_matrix, result.baseline_accuracy))
     console.print(metrics_table(result.summary()))
     console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
     _auto_report(args, out)
-    return 0
 
 
 def _resume_run(args: argparse.Namespace) -> int:
     from .experiment import resume_experiment
-    from .report.tables import accuracy_matrix_table, metrics_table
 
     given = sorted(base_settings(args)) + (["--set"] if args.settings else []) + (
         ["--out"] if args.out else [])
@@ -346,11 +351,7 @@ def _resume_run(args: argparse.Namespace) -> int:
         console.print(f"{out} is finished (summary.json); nothing to resume")
         return 0
     console.print(f"resuming {out}")
-    result = resume_experiment(out, progress=not args.quiet)
-    console.print(accuracy_matrix_table(result.accuracy_matrix, result.baseline_accuracy))
-    console.print(metrics_table(result.summary()))
-    console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
-    _auto_report(args, out)
+    _show_run(args, resume_experiment(out, progress=not args.quiet), out)
     return 0
 
 
