@@ -12,6 +12,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
+IGNORE = -100  # target of token positions that carry no loss (prompt, padding), as in PyTorch/HF
+
 
 @dataclasses.dataclass
 class Batch:
@@ -61,6 +63,8 @@ class Batch:
         with one output it is the usual MSE): the mean over samples, or the
         `loss_weight`-weighted sum."""
         weight = self.extras.get("loss_weight")
+        if logits.dim() == 3:
+            return token_loss(logits, self.y, weight)
         if self.is_regression:
             target = self.y.view_as(logits)
             if weight is None:  # one fused kernel: the mean over all entries, times the outputs
@@ -103,6 +107,23 @@ class Batch:
             {k: torch.cat([first.extras[k], second.extras[k]]) for k in shared},
             first.num_new,
         )
+
+
+def token_loss(logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy of token logits [batch, length, vocabulary] against targets [batch, length]
+    (IGNORE where there is none): the mean over target tokens (Hugging Face's convention), or with
+    per-sample `weight`, the weighted sum of each sample's mean over its target tokens."""
+    if weight is None:
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    return (per_sample_token_loss(logits, targets) * weight).sum()
+
+
+def per_sample_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Each sample's mean cross-entropy over its target tokens, [batch]."""
+    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                             reduction="none").view(targets.shape)
+    counts = (targets != IGNORE).sum(1).clamp(min=1)
+    return losses.sum(1) / counts
 
 
 BatchLike = Any  # a Batch, an (x, y) or (x, y, task_ids) tuple, or a dict with those keys

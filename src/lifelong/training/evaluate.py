@@ -6,14 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.batch import Batch
+from ..core.batch import IGNORE, Batch, per_sample_token_loss
 from ..core.readout import Readout
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, readout: Readout, data: Batch,
              batch_size: int = 1000) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on `data`, read out per sample's task."""
+    """(accuracy, mean cross-entropy) of `model` on `data`, read out per sample's task.
+
+    For token logits (generation tasks) a sample is correct when every target token is the
+    arg-max under teacher forcing, which is exactly when greedy decoding generates the target
+    (the first wrong token would be the first generated difference); its loss is the mean over
+    its target tokens."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=data.x.device)
@@ -21,6 +26,11 @@ def evaluate(model: nn.Module, readout: Readout, data: Batch,
     for start in range(0, len(data), batch_size):
         batch = data.select(slice(start, start + batch_size))
         logits = readout.select(model(batch.x), batch.task_ids)
+        if logits.dim() == 3:
+            hits = (logits.argmax(-1) == batch.y) | (batch.y == IGNORE)
+            correct += hits.all(1).sum()
+            loss_sum += per_sample_token_loss(logits, batch.y).sum().double()
+            continue
         correct += (logits.argmax(1) == batch.y).sum()
         loss_sum += F.cross_entropy(logits, batch.y, reduction="sum").double()
     model.train(was_training)
