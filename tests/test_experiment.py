@@ -145,7 +145,7 @@ def test_width_and_batch_norm_reach_the_model(monkeypatch, tmp_path) -> None:
     with pytest.raises(Built):
         run_experiment(RunConfig(benchmark="split-digits", width=8, batch_norm=True,
                                  device="cpu"), progress=False)
-    assert seen == {"width": 8, "batch_norm": True}
+    assert seen == {"width": 8, "batch_norm": True, "text": None}  # text: text scenarios only
 
 
 def test_default_run_folder_of_user_data_is_a_plain_name(tmp_path, monkeypatch) -> None:

@@ -35,10 +35,12 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--iterations", type=int, help="mini-batches per task instead of epochs")
     group.add_argument("--batch-size", type=int)
     group.add_argument("--lr", type=float, help="learning rate")
-    group.add_argument("--optimizer", help="sgd or adam")
+    group.add_argument("--optimizer", help="sgd, adam or adamw")
     group.add_argument("--momentum", type=float, help="SGD momentum")
     group.add_argument("--weight-decay", type=float)
-    group.add_argument("--model", help="mlp, cnn or resnet18 (default: the benchmark's)")
+    group.add_argument("--model", help="mlp, cnn, resnet18, or hf:NAME_OR_PATH for text "
+                       "benchmarks, e.g. hf:all-MiniLM-L6-v2, hf:tiny-bert (default: the "
+                       "benchmark's)")
     group.add_argument("--hidden", help="hidden layer widths, e.g. 400,400")
     group.add_argument("--dropout", type=float)
     group.add_argument("--width", type=int, help="channels of the first convolution (cnn 32, "

@@ -125,7 +125,8 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
     first = plan[0][2]  # a missing file or an impossible benchmark option fails now
     get_benchmark(first["benchmark"]).build(
         first["scenario"], data_dir=first["data_dir"], head=first["head"],
-        mask_unseen=first["mask_unseen"], options=first["benchmark_params"])
+        mask_unseen=first["mask_unseen"], options=first["benchmark_params"],
+        model=first["model"])
     return plan
 
 

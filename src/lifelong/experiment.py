@@ -51,7 +51,7 @@ class RunConfig(Config):
     iterations: int | None = option(None, "mini-batches per task (instead of epochs)", low=1)
     batch_size: int | None = option(None, "mini-batch size", low=1)
     lr: float | None = option(None, "learning rate", low=0, low_open=True)
-    optimizer: Literal["sgd", "adam"] | None = option(None, "optimizer")
+    optimizer: Literal["sgd", "adam", "adamw"] | None = option(None, "optimizer")
     momentum: float | None = option(None, "SGD momentum (default: the benchmark's, mostly 0)",
                                     low=0, high=1)
     weight_decay: float | None = option(
@@ -66,7 +66,8 @@ class RunConfig(Config):
         "multi", "task-incremental output: one head per task, or one shared head masked per task")
     mask_unseen: bool = option(
         True, "class-incremental: mask classes not seen yet (van de Ven et al. 2022)")
-    eval_batch_size: int = option(1000, "batch size for evaluation", low=1)
+    eval_batch_size: int | None = option(None, "batch size for evaluation (default: the "
+                                         "benchmark's, 1000; text 64)", low=1)
     diagnostics: bool = option(False, "after each task: dead units, effective/stable rank, "
                                "weight and gradient magnitude, plasticity on a probe set")
     probe_size: int = option(2000, "probe samples of the task for the diagnostics", low=1)
@@ -108,6 +109,7 @@ class RunConfig(Config):
             lr=self.lr or protocol.lr,
             optimizer=self.optimizer or protocol.optimizer,
             model=self.model or protocol.model,
+            eval_batch_size=self.eval_batch_size or protocol.eval_batch_size,
             momentum=protocol.momentum if self.momentum is None else self.momentum,
             weight_decay=(protocol.weight_decay if self.weight_decay is None
                           else self.weight_decay),
@@ -179,6 +181,8 @@ def make_optimizer(name: str, params: Any, lr: float, momentum: float,
                    weight_decay: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -217,7 +221,8 @@ def baseline_accuracies(model: torch.nn.Module, scenario: Scenario, device: torc
                 active = torch.zeros_like(saved)
                 active[readout.units(list(range(j)))] = True
                 readout.set_active(active)
-            baseline.append(evaluate(model, readout, task.test_data(device), batch_size)[0])
+            baseline.append(evaluate(model, readout, task.test_data(device), batch_size,
+                                     per_token=scenario.per_token)[0])
     finally:
         readout.set_active(saved)
     return baseline
@@ -241,13 +246,15 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
     device = resolve_device(cfg.device)
     benchmark = get_benchmark(cfg.benchmark)
     scenario = benchmark.build(cfg.scenario, data_dir=cfg.data_dir, head=cfg.head,
-                               mask_unseen=cfg.mask_unseen, options=cfg.benchmark_params)
+                               mask_unseen=cfg.mask_unseen, options=cfg.benchmark_params,
+                               model=cfg.model)
     seed_everything(cfg.seed)
     if device.type == "cpu" and cfg.flush_denormal:
         torch.set_flush_denormal(True)  # process-wide; a no-op where the CPU lacks it
     readout = scenario.readout.to(device)
     model = build_model(cfg.model, scenario.input_shape, scenario.num_outputs, cfg.hidden,
-                        cfg.dropout, width=cfg.width, batch_norm=cfg.batch_norm).to(device)
+                        cfg.dropout, width=cfg.width, batch_norm=cfg.batch_norm,
+                        text=scenario.text).to(device)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                cfg.weight_decay)
     method.attach(model, optimizer, readout, seed=cfg.seed + 1_000_003)
@@ -278,7 +285,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
             run_dir.log(event="baseline", accuracy=done.baseline)
 
     def evaluate_all(candidate: torch.nn.Module) -> list[float]:
-        return [evaluate(candidate, readout, other.test_data(device), cfg.eval_batch_size)[0]
+        return [evaluate(candidate, readout, other.test_data(device), cfg.eval_batch_size,
+                         per_token=scenario.per_token)[0]
                 for other in scenario.tasks]
 
     try:
@@ -299,7 +307,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
                 for other in scenario.tasks:
                     method.evaluation_task(other.id)
                     accuracy, loss = evaluate(model, readout, other.test_data(device),
-                                              cfg.eval_batch_size)
+                                              cfg.eval_batch_size, per_token=scenario.per_token)
                     method.evaluation_task(None)
                     row.append(accuracy)
                     losses.append(loss)

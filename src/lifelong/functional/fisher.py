@@ -8,6 +8,9 @@ For a classifier p(y|x, θ) the diagonal Fisher is F_i = E_x E_y [(∂ log p(y|x
 
 The square is taken per sample, not per mini-batch (Kirkpatrick et al. 2017): squaring a batch
 mean gradient would underestimate F by roughly the batch size. See `per_sample` for how.
+
+For token logits (a language model generating its answer), log p(y|x) is the sum over the
+sample's target tokens; `sampled` draws every target token from the model (teacher forced).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.batch import Batch
+from ..core.batch import IGNORE, Batch
 from ..core.batchnorm import training_mode
+from ..errors import ConfigError
 from .per_sample import per_sample_gradient_mean
 
 FisherKind = Literal["empirical", "true", "sampled"]
@@ -36,7 +40,7 @@ def diagonal_fisher(
     kind: FisherKind = "empirical",
     generator: torch.Generator | None = None,
     max_rows: int = 256,
-    implementation: Literal["auto", "vmap"] = "auto",
+    implementation: Literal["auto", "vmap", "loop"] = "auto",
 ) -> dict[str, Tensor]:
     """Mean over samples of squared per-sample log-likelihood gradients, per trainable parameter.
 
@@ -50,6 +54,14 @@ def diagonal_fisher(
 
     def terms(logits: Tensor, batch: Batch) -> list[tuple[Tensor, Tensor | None]]:
         log_p = F.log_softmax(logits, dim=-1)
+        if log_p.dim() == 3:  # token logits: the log-likelihood of each sample's target tokens
+            if kind == "true":
+                raise ConfigError("the true Fisher of token logits would need one gradient per "
+                                  "vocabulary entry and position; use fisher=empirical or "
+                                  "fisher=sampled for language models")
+            targets = batch.y != IGNORE
+            picked = log_p.gather(2, batch.y.clamp(min=0).unsqueeze(2)).squeeze(2)
+            return [((picked * targets).sum(1), None)]
         if kind == "true":
             probs = log_p.detach().exp()
             return [(log_p[:, c], probs[:, c]) for c in range(log_p.shape[-1])]
@@ -64,5 +76,8 @@ def _with_sampled_labels(model: nn.Module, batch: Batch, readout: Readout,
                          generator: torch.Generator | None) -> Batch:
     with training_mode(model, False):
         probs = torch.softmax(readout(model(batch.x), batch.task_ids), dim=-1)
+    if probs.dim() == 3:  # a token drawn at every target position of a sequence
+        drawn = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(batch.y.shape)
+        return dataclasses.replace(batch, y=torch.where(batch.y != IGNORE, drawn, batch.y))
     labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return dataclasses.replace(batch, y=labels)

@@ -88,6 +88,9 @@ class LwF(Method):
                 teacher = teacher.masked_fill(pad, float("-inf"))
         elif self._units is not None:
             student, teacher = output[:, self._units], target[:, self._units]
+        elif output.dim() == 3:  # token logits: distil at the sample's tokens, not padding
+            tokens = batch.x >= 0
+            student, teacher = output[tokens], target[tokens]
         else:
             student, teacher = output, target
         padded = self._heads is not None and bool(self._padded)

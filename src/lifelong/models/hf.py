@@ -30,6 +30,7 @@ import importlib.resources
 import importlib.util
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -69,13 +70,13 @@ def unpack_ids(x: Tensor, pad_token_id: int = 0) -> tuple[Tensor, Tensor]:
 
 # --- tokenizers ------------------------------------------------------------------------------
 def byte_tokenizer() -> Any:
-    """A byte-level `PreTrainedTokenizerFast` built offline: ids 0-3 are the special tokens
-    <pad> <s> </s> <unk>, then one id per byte (vocabulary 260)."""
+    """A byte-level `PreTrainedTokenizerFast` built offline: ids 0-4 are the special tokens
+    <pad> <s> </s> <unk> <mask>, then one id per byte (vocabulary 261)."""
     require_transformers()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {tok: i for i, tok in enumerate(specials)}
     for char in sorted(alphabet):
@@ -84,7 +85,7 @@ def byte_tokenizer() -> Any:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
+                                   eos_token="</s>", unk_token="<unk>", mask_token="<mask>")
 
 
 def _tiny_config(name: str, vocab_size: int) -> Any:
@@ -135,15 +136,17 @@ def is_decoder(name: str) -> bool:
     return bool(getattr(config, "is_decoder", False)) or config.model_type in DECODER_TYPES
 
 
-def _body(name: str, kind: Literal["encoder", "causal-lm"], vocab_size: int | None,
+def _body(name: str, kind: Literal["encoder", "causal-lm", "masked-lm"], vocab_size: int | None,
           dropout: float | None) -> nn.Module:
     transformers = require_transformers()
-    auto = transformers.AutoModel if kind == "encoder" else transformers.AutoModelForCausalLM
+    auto = {"encoder": transformers.AutoModel, "causal-lm": transformers.AutoModelForCausalLM,
+            "masked-lm": transformers.AutoModelForMaskedLM}[kind]
     if name in TINY_MODELS:
-        config = _tiny_config(name, vocab_size or 260)
+        config = _tiny_config(name, vocab_size or 261)
         _set_dropout(config, dropout)
         return auto.from_config(config)
     path = resolve(name)
+    transformers.utils.logging.disable_progress_bar()  # lifelong shows its own progress
     try:
         config = transformers.AutoConfig.from_pretrained(path)
         _set_dropout(config, dropout)
@@ -165,6 +168,16 @@ def _set_dropout(config: Any, dropout: float | None) -> None:
 
 
 # --- wrappers --------------------------------------------------------------------------------
+def _trim(x: Tensor) -> Tensor:
+    """`x` without the columns after its longest sample, padding in every row (texts of a batch
+    are often much shorter than max_length; the positions before stay as they are). Not inside
+    torch.func transforms (per-sample gradients), whose shapes must not depend on values."""
+    if x.numel() == 0 or x.dim() != 2 or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return x
+    used = int((x >= 0).any(0).nonzero().max()) + 1 if bool((x >= 0).any()) else 1
+    return x[:, :used]
+
+
 class HFClassifier(nn.Module):
     """A transformer body, masked mean pooling, and a Linear `head` over the scenario's units.
 
@@ -182,7 +195,7 @@ class HFClassifier(nn.Module):
         return self.body.config
 
     def forward(self, x: Tensor) -> Tensor:
-        ids, mask = unpack_ids(x, self.pad_token_id)
+        ids, mask = unpack_ids(_trim(x), self.pad_token_id)
         hidden = self.body(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
@@ -218,11 +231,24 @@ class HFCausalLM(LogitsAdapter):
         return self.model.get_output_embeddings()
 
 
-def build_hf_model(name: str, num_outputs: int, *, generation: bool, vocab_size: int | None,
+class HFMaskedLM(HFCausalLM):
+    """A masked LM on packed ids: logits [batch, length, vocabulary] at every position."""
+
+
+def build_hf_model(name: str, num_outputs: int, *, format: str = "classify",
+                   generation: bool | None = None, vocab_size: int | None = None,
                    pad_token_id: int = 0, dropout: float | None = None) -> nn.Module:
-    """`HFCausalLM` (generation) or `HFClassifier` with `num_outputs` units for `hf:NAME`."""
-    if generation:
+    """The model of `hf:NAME` for a text format (`lifelong.scenarios.text`): `HFClassifier`
+    with `num_outputs` units (classify), `HFCausalLM` (generate, clm; also `generation=True`)
+    or `HFMaskedLM` (mlm)."""
+    if generation is not None:
+        format = "generate" if generation else "classify"
+    if format in ("generate", "clm"):
         return HFCausalLM(_body(name, "causal-lm", vocab_size, dropout), pad_token_id)
+    if format == "mlm":
+        return HFMaskedLM(_body(name, "masked-lm", vocab_size, dropout), pad_token_id)
+    if format != "classify":
+        raise ConfigError(f"format '{format}' is not accepted; use classify, generate, mlm, clm")
     return HFClassifier(_body(name, "encoder", vocab_size, dropout), num_outputs, pad_token_id)
 
 
@@ -230,7 +256,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["HFCausalLM", "HFClassifier", "LogitsAdapter", "PAD", "TINY_MODELS",
+__all__ = ["HFCausalLM", "HFClassifier", "HFMaskedLM", "LogitsAdapter", "PAD", "TINY_MODELS",
            "build_hf_model", "byte_tokenizer", "is_decoder", "load_tokenizer", "minilm_path",
            "pack_ids", "resolve", "unpack_ids"]
 

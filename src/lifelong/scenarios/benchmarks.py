@@ -17,6 +17,7 @@ from ..core.registry import unknown_name
 from ..errors import ConfigError
 from .builders import permuted_inputs, rotated_inputs, split_by_classes
 from .task import Scenario
+from .text_benchmarks import DomainOptions, StandardOptions, TextOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Protocol:
     model: str = "mlp"  # a name of lifelong.models.MODELS
     momentum: float = 0.0  # SGD
     weight_decay: float = 0.0
+    eval_batch_size: int = 1000
 
     def params_for(self, scenario: str, method: str) -> dict[str, Any]:
         return {**self.method_params.get(method, {}),
@@ -91,12 +93,20 @@ class Benchmark:
     default_scenario: Literal["task", "domain", "class"]
     protocol: Protocol
     load: Callable[[str | None], Any]  # data_dir -> ArraySplits
-    kind: Literal["split", "permuted", "rotated"]
+    kind: Literal["split", "permuted", "rotated", "text"]
     needs_files: bool = False
 
     def build(self, scenario: str, *, data_dir: str | None = None, head: str = "multi",
-              mask_unseen: bool = True, options: dict[str, Any] | None = None) -> Scenario:
+              mask_unseen: bool = True, options: dict[str, Any] | None = None,
+              model: str | None = None) -> Scenario:
+        """The scenario; `model` matters for text benchmarks only (its tokenizer and whether it
+        classifies or generates)."""
         opts = self.options.from_dict(options or {})
+        if self.kind == "text":
+            from .text_benchmarks import build_text
+
+            return build_text(self.name, opts, scenario, data_dir=data_dir, head=head,
+                              mask_unseen=mask_unseen, model=model)
         data = self.load(data_dir)
         arrays = (data.x_train, data.y_train, data.x_test, data.y_test)
         if self.kind == "split":
@@ -119,6 +129,10 @@ class Benchmark:
         return permuted_inputs(*arrays, num_tasks=opts.num_tasks, scenario=scenario, head=head,
                                seed=opts.permutation_seed, permute_first=opts.permute_first,
                                mask_unseen=mask_unseen, name=self.name)
+
+
+def _no_arrays(data_dir: str | None) -> Any:
+    raise ConfigError("text benchmarks build their scenario from text (Benchmark.build)")
 
 
 def _digits(data_dir: str | None) -> Any:
@@ -242,6 +256,16 @@ _DOHARE_INCREMENTAL = Protocol(hidden=(), batch_size=90, lr=0.1, optimizer="sgd"
 # network and optimiser, 5 epochs per task.
 _CUSTOM_PROTOCOL = Protocol(hidden=(400, 400), batch_size=128, lr=1e-3, epochs=5)
 
+# Text (lifelong.scenarios.text_benchmarks): see its docstring for the papers' settings.
+_TEXT = Protocol(hidden=(), batch_size=16, lr=5e-5, optimizer="adamw", epochs=1,
+                 model="hf:all-MiniLM-L6-v2", eval_batch_size=64,
+                 # empirical Fisher: "true" needs a gradient per class (or vocabulary entry)
+                 # LoRA adapters at O-LoRA/MIGU's 1e-3 (full fine-tuning at 5e-5)
+                 method_params={"ewc": {"fisher": "empirical"}, "lora": {"lr": 1e-3},
+                                "inc-lora": {"lr": 1e-3}, "o-lora": {"lr": 1e-3},
+                                "replay": {"memory_size": 200}, "agem": {"memory_size": 200},
+                                "der": {"memory_size": 200}, "derpp": {"memory_size": 200}})
+
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
@@ -299,6 +323,15 @@ BENCHMARKS: dict[str, Benchmark] = {
                   "tasks of 5 new classes, each trained on all classes so far, ResNet-18",
                   IncrementalOptions, "class", _DOHARE_INCREMENTAL, _cifar100, "split",
                   needs_files=True),
+        Benchmark("text-standard", "AG News, Amazon, Yelp (for Yahoo), DBpedia text "
+                  "classification in O-LoRA's 3 orders (lifelong[hf])", StandardOptions, "task",
+                  _TEXT, _no_arrays, "text", needs_files=True),
+        Benchmark("text-long", "the 15-task long text benchmark of O-LoRA/MIGU without Yahoo "
+                  "(14 tasks; lifelong[hf])", TextOptions, "task", _TEXT, _no_arrays, "text",
+                  needs_files=True),
+        Benchmark("text-domains", "continual pre-training (DAS): masked/causal LM on the text of "
+                  "AG News, Amazon, Yelp, DBpedia in turn (lifelong[hf])", DomainOptions,
+                  "domain", _TEXT, _no_arrays, "text", needs_files=True),
     ]
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -59,10 +60,16 @@ class Scenario:
     readout: Readout
     input_shape: tuple[int, ...]
     class_names: list[str] | None = None
+    text: Any = None  # a text scenario's `TextSpec` (tokenizer's model, format, vocabulary)
 
     @property
     def num_tasks(self) -> int:
         return len(self.tasks)
+
+    @property
+    def per_token(self) -> bool:
+        """Language modelling (text mlm/clm): accuracy is per token, not per sample."""
+        return self.text is not None and self.text.format in ("mlm", "clm")
 
     @property
     def num_outputs(self) -> int:

@@ -12,20 +12,30 @@ from ..core.readout import Readout
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, readout: Readout, data: Batch,
-             batch_size: int = 1000) -> tuple[float, float]:
+             batch_size: int = 1000, *, per_token: bool = False) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on `data`, read out per sample's task.
 
     For token logits (generation tasks) a sample is correct when every target token is the
     arg-max under teacher forcing, which is exactly when greedy decoding generates the target
     (the first wrong token would be the first generated difference); its loss is the mean over
-    its target tokens."""
+    its target tokens. `per_token=True` (language modelling) scores the fraction of target
+    tokens predicted instead, and the mean loss per token."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=data.x.device)
+    count = torch.zeros((), dtype=torch.long, device=data.x.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.x.device)
     for start in range(0, len(data), batch_size):
         batch = data.select(slice(start, start + batch_size))
         logits = readout.select(model(batch.x), batch.task_ids)
+        if logits.dim() == 3 and per_token:
+            targets = batch.y != IGNORE
+            correct += ((logits.argmax(-1) == batch.y) & targets).sum()
+            count += targets.sum()
+            loss_sum += F.cross_entropy(logits.flatten(0, 1), batch.y.flatten(),
+                                        ignore_index=IGNORE, reduction="sum").double()
+            continue
+        count += len(batch)
         if logits.dim() == 3:
             hits = (logits.argmax(-1) == batch.y) | (batch.y == IGNORE)
             correct += hits.all(1).sum()
@@ -34,5 +44,5 @@ def evaluate(model: nn.Module, readout: Readout, data: Batch,
         correct += (logits.argmax(1) == batch.y).sum()
         loss_sum += F.cross_entropy(logits, batch.y, reduction="sum").double()
     model.train(was_training)
-    count = max(len(data), 1)
-    return correct.item() / count, loss_sum.item() / count
+    total = max(int(count), 1)
+    return correct.item() / total, loss_sum.item() / total
