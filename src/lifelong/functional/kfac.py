@@ -11,6 +11,9 @@ per-sample gradients g = ∂ log p(y|x)/∂s of the layer's output. Matrix form:
 Convolutions: ā are the unfolded input patches, A averages them over positions and samples and G
 sums the output-gradient outer products over positions (KFC's spatially uncorrelated form).
 Inputs with extra leading dimensions (tokens) are treated like positions.
+
+Under data parallelism the sums over each replica's samples and the sample counts are added up
+over the replicas before dividing (`kfac_fisher`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import Tensor, nn
 
 from ..core.batch import Batch
 from ..core.batchnorm import training_mode
+from ..distributed import all_reduce_sum_and_count_
 
 FisherKind = Literal["empirical", "true", "sampled"]
 Readout = Callable[[Tensor, Tensor | None], Tensor]
@@ -143,15 +147,20 @@ def kfac_fisher(
     finally:
         for handle in handles:
             handle.remove()
+    # a replica may have seen no sample, and a layer no gradient: zeros, so that every replica
+    # takes part in the reduction with the same tensors
+    for i, layer in enumerate(layers):
+        width = weight_matrix(layer).shape
+        like = layer.weight.detach()
+        if sums_a[i] is None:
+            sums_a[i] = like.new_zeros(width[1], width[1])
+        if sums_g[i] is None:
+            sums_g[i] = like.new_zeros(width[0], width[0])
+    if layers:  # data-parallel: the sums and counts of every replica (no-op in one process)
+        samples = all_reduce_sum_and_count_([*sums_a, *sums_g], samples)
     if samples == 0:
         raise ValueError("kfac_fisher got no samples")
-    factors = []
-    for layer, a, g in zip(layers, sums_a, sums_g):
-        if g is None:
-            g = torch.zeros(layer.weight.shape[0], layer.weight.shape[0],
-                            device=layer.weight.device)
-        factors.append(KroneckerFactors(A=a / samples, G=g / samples))
-    return factors
+    return [KroneckerFactors(A=a / samples, G=g / samples) for a, g in zip(sums_a, sums_g)]
 
 
 def _log_likelihood_terms(log_p: Tensor, batch: Batch, kind: FisherKind,

@@ -10,7 +10,12 @@ Two implementations give the same numbers. When every trainable parameter belong
 `nn.Linear` applied once to 2-D inputs (an MLP), the per-sample gradient of a weight is the outer
 product g_i a_iᵀ of the layer's output gradient and input, so Σ_i w_i s(g_i a_iᵀ) = (w∘s(G))ᵀ s(A)
 (Goodfellow 2015): one matrix product per layer and term, no per-sample tensor. Any other model
-goes through `torch.func.vmap(grad)`, at most `max_rows` per-sample gradients at a time.
+goes through `torch.func.vmap(grad)`, at most `max_rows` per-sample gradients at a time, or,
+where vmap cannot follow the model (Hugging Face transformers branch on tensor values), one
+backward pass per sample.
+
+Under data parallelism each replica sums over its own samples and the sums and counts are added
+up over the replicas before dividing, so every replica gets the mean over all samples.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..core.batch import Batch
 from ..core.batchnorm import training_mode
+from ..distributed import all_reduce_sum_and_count_
 
 Readout = Callable[[Tensor, Tensor | None], Tensor]
 Terms = Callable[[Tensor, Batch], list[tuple[Tensor, Tensor | None]]]
@@ -41,7 +47,7 @@ def per_sample_gradient_mean(
     terms: Terms,
     statistic: Statistic,
     *,
-    implementation: Literal["auto", "vmap"] = "auto",
+    implementation: Literal["auto", "vmap", "loop"] = "auto",
     max_rows: int = 256,
 ) -> dict[str, Tensor]:
     """See the module docstring. Evaluated in eval mode: dropout off, BatchNorm normalising with
@@ -51,9 +57,19 @@ def per_sample_gradient_mean(
         result = None
         if implementation == "auto":
             result = _linear(model, batches, readout, terms, statistic)
+        if result is None and implementation != "loop":
+            try:
+                result = _vmap(model, batches, readout, terms, statistic, max_rows)
+            except RuntimeError as error:
+                # Hugging Face transformers branch on tensor values (attention-mask checks),
+                # which vmap cannot batch: one backward pass per sample instead.
+                if implementation == "vmap" or "vmap" not in str(error):
+                    raise
         if result is None:
-            result = _vmap(model, batches, readout, terms, statistic, max_rows)
+            result = _loop(model, batches, readout, terms, statistic)
     totals, count = result
+    if totals:  # data-parallel: every replica's samples (no-op in one process)
+        count = all_reduce_sum_and_count_(list(totals.values()), count)
     if count == 0:
         raise ValueError("per-sample statistics need at least one sample")
     return {name: total / count for name, total in totals.items()}
@@ -136,6 +152,31 @@ def _vmap(model: nn.Module, batches: list[Batch], readout: Readout, terms: Terms
                     w = weights.reshape(-1, *([1] * (g.dim() - 1)))
                     # weight 0 (a masked class) contributes nothing, whatever its gradient
                     totals[name] += torch.where(w > 0, w * _apply(statistic, g), 0).sum(0)
+        count += len(whole)
+    return totals, count
+
+
+def _loop(model: nn.Module, batches: list[Batch], readout: Readout, terms: Terms,
+          statistic: Statistic) -> tuple[dict[str, Tensor], int]:
+    """One autograd pass per sample and term: any model, slowest."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    totals = {n: torch.zeros_like(p) for n, p in zip(names, params)}
+    count = 0
+    for whole in batches:
+        for i in range(len(whole)):
+            single = whole.select(slice(i, i + 1))
+            with torch.enable_grad():
+                found = terms(readout(model(single.x), single.task_ids), single)
+                for k, (values, weights) in enumerate(found):
+                    weight = 1.0 if weights is None else float(weights.detach().reshape(-1)[0])
+                    if weight <= 0:  # a masked class contributes nothing
+                        continue
+                    grads = torch.autograd.grad(values.sum(), params, allow_unused=True,
+                                                retain_graph=k < len(found) - 1)
+                    for name, g in zip(names, grads):
+                        if g is not None:
+                            totals[name] += weight * _apply(statistic, g)
         count += len(whole)
     return totals, count
 

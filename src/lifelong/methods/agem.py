@@ -10,6 +10,11 @@ mode: the memory batch normalised by its own statistics), so that the two gradie
 with like; but the reference pass is a probe, not training, so the running statistics are put
 back afterwards and only the training batches move them (the authors' code lets the memory
 passes update them too).
+
+Data parallelism: each replica samples its own memory (the memories differ, as the shards do);
+g_ref is the gradient on all the replicas' memory batches together (the per-replica gradients
+weighted by their batch sizes and averaged, one collective per step), so that every replica
+projects DDP's averaged g onto the same half-space.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import torch
+from torch import Tensor
+
 from ..core.batch import Batch
 from ..core.config import option
 from ..core.registry import register_method
+from ..distributed import all_reduce_sum_and_count_, is_distributed
 from ..functional import project_away_from_conflict_
 from ..memory import MemoryConfig, MemoryMethod
 
@@ -49,10 +58,25 @@ class AGEM(MemoryMethod):
         return super().uses(hook)
 
     def transform_grads(self) -> None:
-        reference_batch = self.memory.sample(self.config.ref_batch_size)
-        if reference_batch is None:
-            return
         params = [p for p in self.params if p.grad is not None]
-        grads = [p.grad for p in params]
-        refs = self.loss_gradients(reference_batch, params)  # BatchNorm stats untouched
-        project_away_from_conflict_(grads, refs, self.config.eps, reference_is_scratch=True)
+        refs = self.reference_gradient(params)
+        if refs is not None:
+            project_away_from_conflict_([p.grad for p in params], refs, self.config.eps,
+                                        reference_is_scratch=True)
+
+    def reference_gradient(self, params: list[Tensor]) -> list[Tensor] | None:
+        """g_ref for `params` on a random memory batch (BatchNorm statistics untouched); under
+        data parallelism on every replica's batch; None while no memory holds a sample."""
+        batch = self.memory.sample(self.config.ref_batch_size)
+        if not is_distributed():
+            return None if batch is None else self.loss_gradients(batch, params)
+        if batch is None:  # this replica's memory is empty: it still takes part
+            refs, count = [torch.zeros_like(p) for p in params], 0
+        else:  # the batch's summed gradient, to weigh each replica's batch by its size
+            refs, count = self.loss_gradients(batch, params), len(batch)
+            torch._foreach_mul_(refs, float(count))
+        total = all_reduce_sum_and_count_(refs, count)
+        if batch is None and float(total) == 0:
+            return None  # no replica has a memory yet (every replica sees the same total)
+        torch._foreach_div_(refs, total)
+        return refs

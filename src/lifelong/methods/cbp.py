@@ -45,6 +45,13 @@ Differences from the authors' code (github.com/shibhansh/loss-of-plasticity):
 
 Ages live on the CPU, so deciding how many units to replace never waits for the accelerator; the
 only device read is the choice of the lowest-utility units when a replacement happens.
+
+Data parallelism (DDP): each replica sees its own shard of the batch, so the features' batch
+means and activity terms are averaged over the replicas at every step (one collective of two
+numbers per hidden unit; two for the adaptable utility, whose |h − f̂| needs the averaged mean
+first). Utilities, means and ages are then the same everywhere, so every replica replaces the
+same units, and it draws the same fresh weights: the generator's state is broadcast from rank 0
+when the method is attached.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from ..core.batchnorm import in_auxiliary_pass
 from ..core.config import Config, option
 from ..core.method import Evaluator, Method
 from ..core.registry import register_method
+from ..distributed import all_reduce_mean_, broadcast_generator_, is_distributed
 from ..errors import ConfigError
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
@@ -233,6 +241,7 @@ class CBP(Method):
         return super().attach(model, *args, **kwargs)
 
     def on_attach(self) -> None:
+        broadcast_generator_(self.generator)  # replicas re-draw the same weights
         self.layers = hidden_layers(self.model, self.config.init)
         sizes = [hidden.units for hidden in self.layers]
         weight = self.layers[0].layer.weight
@@ -261,8 +270,10 @@ class CBP(Method):
         self._utility = self._utility.to(weight.device, weight.dtype)
         self._mean = self._mean.to(weight.device, weight.dtype)
         self.ages = self.ages  # recounts the eligible units (the maturity threshold may differ)
-        self._batch = weight.new_zeros(total)  # this step's features (batch means)
-        self._act = weight.new_zeros(total)  # this step's activity term
+        # this step's batch means of the features and activity term, side by side so that a
+        # data-parallel run averages both in one collective
+        self._stats = weight.new_zeros(2 * total)
+        self._batch, self._act = self._stats.split(total)
         self._out = weight.new_zeros(total)  # Σ|w_out| (÷ Σ|w_in| when adaptable)
         self._out_split = self._split(self._out)
         self._in = weight.new_zeros(total)  # Σ|w_in|
@@ -347,9 +358,14 @@ class CBP(Method):
         layers = self.layers
         self._step += 1
         # Every input below is detached: nothing is recorded for autograd.
-        single = all(h.numel() == layer.units for h, layer in zip(features, layers))
+        distributed = is_distributed()
+        contribution = cfg.utility == "contribution"
+        # batch 1 and no positions: the batch means are the features themselves (data-parallel
+        # runs take the general path, which keeps each replica's features apart from the mean)
+        single = not distributed and all(h.numel() == layer.units
+                                          for h, layer in zip(features, layers))
         views = None
-        if single:  # batch 1 and no positions: the batch means are the features themselves
+        if single:
             torch.cat([h.detach().reshape(-1) for h in features], out=self._batch)
         else:
             dtype = self._batch.dtype  # (features may be half precision under autocast)
@@ -358,6 +374,15 @@ class CBP(Method):
                      for h, layer in zip(features, layers)]
             for v, batch in zip(views, self._split(self._batch)):
                 torch.mean(v, (0, 2), out=batch)
+        if contribution:  # mean |h|: from this replica's features, before any averaging
+            if single:
+                torch.abs(self._batch, out=self._act)
+            else:
+                for v, act in zip(views, self._split(self._act)):
+                    torch.linalg.vector_norm(v, 1, (0, 2), out=act)
+                    act.div_(v.numel() // v.shape[1])
+        if distributed:  # the global batch's statistics: [batch means, activity], one collective
+            all_reduce_mean_([self._stats if contribution else self._batch])
         self._mean.lerp_(self._batch, 1.0 - eta)
         for w, magnitude, layer, total in zip(self._out_weights, self._out_abs, layers,
                                               self._out_split):  # Σ_k |w_out[k, j]| per unit j
@@ -366,24 +391,19 @@ class CBP(Method):
                 torch.sum(magnitude, 0, out=total)
             else:
                 torch.sum(magnitude.view(w.shape[0], layer.units, -1), (0, 2), out=total)
-        if cfg.utility == "contribution":
-            if single:
-                torch.abs(self._batch, out=self._act)
-            else:
-                for v, act in zip(views, self._split(self._act)):
-                    torch.linalg.vector_norm(v, 1, (0, 2), out=act)
-                    act.div_(v.numel() // v.shape[1])
-        else:
+        if not contribution:
             self._age_dev.add_(1.0)
             # −f̂ = f / (η^age − 1), with η^age − 1 = expm1(age · ln η)
             negative = torch.mul(self._age_dev, self._log_decay, out=self._corrected).expm1_()
             torch.div(self._mean, negative, out=negative)
             if single:
                 torch.add(self._batch, negative, out=self._act).abs_()
-            else:
+            else:  # mean |h − f̂| over this replica's features, with the global f̂
                 for v, f, act in zip(views, self._split(negative), self._split(self._act)):
                     torch.linalg.vector_norm(v + f.view(1, -1, 1), 1, (0, 2), out=act)
                     act.div_(v.numel() // v.shape[1])
+                if distributed:
+                    all_reduce_mean_([self._act])
             for w, magnitude, layer, total in zip(self._in_weights, self._in_abs, layers,
                                                   self._split(self._in)):
                 torch.sum(torch.abs(w, out=magnitude).view(layer.units, -1), 1, out=total)

@@ -13,7 +13,8 @@ two stored copies of the weights whatever the number of tasks. The penalty's gra
 `lifelong.functional.quadratic`); `penalty_value()` gives its value.
 
 The Fisher is that of the model as it is evaluated: eval mode, dropout off, BatchNorm on its
-running statistics, which the Fisher's passes leave unchanged.
+running statistics, which the Fisher's passes leave unchanged. Under data parallelism it is the
+mean over the samples of every replica's shard (`lifelong.functional.per_sample`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ BatchNorm: as in A-GEM, each g_k is computed in the mode of the training step (t
 memory normalised by its own batch statistics), and the running statistics are restored after
 the reference passes, which are probes, not training (the authors' code, in train mode
 throughout, lets them update the statistics).
+
+Data parallelism: each replica keeps memories from its own shard; g_k is the gradient on every
+replica's memory of task k together (the per-replica gradients weighted by memory size, one
+collective per step for all k), so every replica solves the same QP for DDP's averaged g.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ..core.batch import Batch, BatchLike, whole
 from ..core.config import Config, option
 from ..core.method import Method
 from ..core.registry import register_method
+from ..distributed import all_reduce_sum_, is_distributed
 from ..functional.projection import solve_gem_dual
 
 
@@ -64,13 +69,27 @@ class GEM(Method):
             return
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
-        references = [self.loss_gradients(memory, params) for memory in self.memories]
+        references = [self.loss_gradients(memory, params) if len(memory)
+                      else [torch.zeros_like(p) for p in params] for memory in self.memories]
+        if is_distributed():
+            self._combine_replicas(references)
         gram, alignment = _gram(references, grads)
         if bool((alignment >= 0).all()):
             return  # no past task's loss would rise: keep g
         v = solve_gem_dual(gram, alignment, self.config.margin, self.config.eps)
         for k, reference in enumerate(references):
             torch._foreach_add_(grads, reference, alpha=float(v[k]))
+
+    def _combine_replicas(self, references: list[list[Tensor]]) -> None:
+        """Each g_k ← Σ_r n_r,k g_r,k / Σ_r n_r,k over the replicas r (n: memory sizes)."""
+        counts = [float(len(memory)) for memory in self.memories]
+        for reference, count in zip(references, counts):
+            torch._foreach_mul_(reference, count)
+        like = references[0][0]
+        totals = torch.tensor(counts, dtype=like.dtype, device=like.device)
+        all_reduce_sum_([g for reference in references for g in reference] + [totals])
+        for reference, total in zip(references, totals.tolist()):
+            torch._foreach_div_(reference, max(total, 1.0))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "memories": [m.state() for m in self.memories]}

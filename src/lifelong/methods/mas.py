@@ -10,7 +10,8 @@ the task reads (its head in task-incremental learning); units masked for the sam
 The per-sample absolute gradients are exact (see `lifelong.functional.per_sample`), where the
 authors' code takes the absolute value of whole-batch gradients. Like EWC's Fisher, the
 importance is that of the model as it is evaluated: eval mode, BatchNorm on its running
-statistics, which the importance passes leave unchanged.
+statistics, which the importance passes leave unchanged. Under data parallelism it is the mean
+over the samples of every replica's shard (`lifelong.functional.per_sample`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ sqrt(δᵀΛδ) ≤ r: exact for plain SGD, an approximation for optimizers that
 `precondition=False` leaves the gradient alone (KFAC-EWC). The Fisher is taken in eval mode
 (BatchNorm on its running statistics, left unchanged), as EWC's; BatchNorm's weight and bias
 use the diagonal form.
+
+Data parallelism: N counts the samples of all replicas' shards, and the Fisher (KFAC factors and
+diagonal) is the mean over all of them (`functional.kfac`, `functional.per_sample`); the step
+acts on DDP's averaged gradient, so every replica applies the same update.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
+from ..distributed import all_reduce_count
 from ..errors import ConfigError
 from ..functional import diagonal_fisher, gradients_of
 from ..functional.kfac import (
@@ -105,8 +110,8 @@ class NCL(Method):
 
     # --- the prior before any task ---------------------------------------------------------
     def training_data(self, task: int, data: Batch) -> Batch:
-        if self.data_size is None:
-            self.data_size = len(data)
+        if self.data_size is None:  # data-parallel: the shards of all replicas together
+            self.data_size = all_reduce_count(len(data))
         return data
 
     def _ensure_prior(self) -> None:

@@ -10,6 +10,9 @@ Two forms:
 - `mode=task` (the original): when a new task starts, θ ← λ·θ + p·θ_fresh, θ_fresh a fresh
   initialisation of the same model (each module's own `reset_parameters`, drawn from the method's
   generator). Needs task boundaries.
+
+Data parallelism: the generator's state is broadcast from rank 0 at `attach`, so the replicas
+draw the same noise and fresh weights whatever their seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor, nn
 from ..core.config import Config, option
 from ..core.method import Method
 from ..core.registry import register_method
+from ..distributed import broadcast_generator_
 from ..functional.noise import GaussianNoise
 
 
@@ -63,6 +67,7 @@ class ShrinkPerturb(Method):
         return super().uses(hook)
 
     def on_attach(self) -> None:
+        broadcast_generator_(self.generator)  # data-parallel replicas draw the same noise
         if self.config.mode != "step":
             return
         mine = {id(p) for p in self.params}

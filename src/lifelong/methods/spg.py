@@ -23,6 +23,9 @@ Scenarios: made for task-incremental learning with one head per task. In domain-
 class-incremental learning the output layer is shared; its rows are scaled like a head, which
 cannot stop the new task's cross-entropy from pushing the old classes' logits down, so in
 class-incremental learning SPG alone forgets about as much as fine-tuning (pair it with replay).
+
+Data parallelism: each replica sums the gradients over its own shard's batches and the sums are
+added up over the replicas before the z-score, so every replica gets the same importance.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from ..core.batchnorm import frozen_running_stats, training_mode
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
+from ..distributed import all_reduce_sum_
 from ..errors import ConfigError
 from ..functional import gradients_of
 
@@ -187,6 +191,8 @@ class SPG(Method):
                                                     retain_graph=i + 1 < len(terms))
                         torch._foreach_add_(sums[i], [torch.zeros_like(p) if g is None else g
                                                       for p, g in zip(self.shared, found)])
+        # data-parallel: the sums over every replica's batches (the z-score ignores the scale)
+        all_reduce_sum_([g for gradients in sums for g in gradients])
         return sums
 
     def _older_heads(self, task: int) -> list[list[int] | slice]:

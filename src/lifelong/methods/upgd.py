@@ -67,6 +67,11 @@ denormal numbers, many times slower to compute with. M is one `amax`. On a CPU, 
 number (free there) and the gate is one fused in-place pass per tensor, g ← g⊙sigmoid(−v/M); on an
 accelerator M stays on the device. The state (`state_dict`) holds v, its origin, t and the noise
 source's state (for table noise, the table).
+
+Data parallelism (DDP): the first-order utility is made of DDP's averaged gradient and the
+weights, the same on every replica; the second-order curvature comes from the replica's own
+batch and is averaged over the replicas (one collective per step). The noise generator's state is
+broadcast from rank 0 when the method is attached, so every replica draws the same ξ.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from ..core.batch import Batch
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
+from ..distributed import all_reduce_mean_, broadcast_generator_
 from ..errors import ConfigError
 from ..functional import gradients_of
 from ..functional.hessian import LinearChainRecorder, LinearCurvature, output_curvature
@@ -146,6 +152,7 @@ class UPGD(Method):
 
     # --- set-up --------------------------------------------------------------------------------
     def on_attach(self) -> None:
+        broadcast_generator_(self.generator)  # replicas draw the same noise
         cfg = self.config
         params = self.params
         if not params:
@@ -364,8 +371,12 @@ class UPGD(Method):
             hessian, gradient = output_curvature(
                 output, batch.y, batch.task_ids, self.readout, batch.extras.get("loss_weight"),
                 with_gradient=recorder.curved)
-            return recorder.curvature(records, hessian, gradient,
-                                      units=self.config.level == "feature")
+            curvature = recorder.curvature(records, hessian, gradient,
+                                           units=self.config.level == "feature")
+            # data-parallel: the curvature of the global batch's loss, as DDP averages g
+            all_reduce_mean_([h for c in curvature.values()
+                              for h in (c.weight, c.bias, c.unit) if h is not None])
+            return curvature
         finally:
             self._batch = self._output = None
             recorder.clear()
