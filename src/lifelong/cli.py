@@ -269,8 +269,8 @@ def _console():
 def _cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .core.registry import get_method_class, list_methods
-    from .models import MODELS
+    from .core.registry import get_method_class, list_aliases, list_methods
+    from .models import HF_MODELS, MODELS
     from .scenarios import BENCHMARKS
 
     def table(title: str, key: str, rows: dict[str, tuple[str, ...]], *extra: str) -> Table:
@@ -285,14 +285,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .streaming import list_stream_benchmarks
 
     console = _console()
+    methods = {n: (d,) for n, d in list_methods().items()}
+    methods.update({n: (f"= {spec}",) for n, spec in list_aliases().items()})
     console.print(table("methods (combine with '+', e.g. replay+ewc)", "method",
-                        {n: (d,) for n, d in list_methods().items()}))
+                        dict(sorted(methods.items()))))
     console.print(table("benchmarks", "benchmark",
                         {n: (BENCHMARKS[n].description, BENCHMARKS[n].default_scenario)
                          for n in sorted(BENCHMARKS)}, "default scenario"))
     console.print(table("streaming benchmarks (lifelong stream)", "benchmark",
                         {n: (d,) for n, d in list_stream_benchmarks().items()}))
-    console.print("models: " + "; ".join(f"[bold]{k}[/]: {v}" for k, v in MODELS.items()))
+    console.print("models: " + "; ".join(f"[bold]{k}[/]: {v}" for k, v in MODELS.items())
+                  + f"; {HF_MODELS}")
     if args.verbose:
         for name in list_methods():
             rows = get_method_class(name).Config.describe()

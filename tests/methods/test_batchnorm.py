@@ -29,7 +29,7 @@ from torch import nn
 
 import lifelong.methods.agem as agem_module
 import lifelong.methods.gem as gem_module
-from lifelong.core import build_method, list_methods
+from lifelong.core import build_method, get_method_class, list_methods
 from lifelong.core.batch import Batch
 from lifelong.core.batchnorm import (
     RunningStats,
@@ -56,7 +56,9 @@ SETTINGS = {
     "gem": {"memory_per_task": 16},
     "lottery": {"round_steps": 10_000},  # no pruning round here: a rewind restores statistics
 }
-METHODS = sorted(list_methods())
+# Methods that need a transformer (DAS) cannot run on these BatchNorm networks; transformers
+# have no running statistics (DAS's own passes still run inside frozen_running_stats).
+METHODS = sorted(n for n in list_methods() if not get_method_class(n).needs_transformer)
 # Training passes per optimizer step once the memory holds samples (documented in der.py).
 PASSES = {"der": 2, "derpp": 3}
 

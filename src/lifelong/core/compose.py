@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from .batch import Batch, BatchLike
 from .method import Evaluator, Method
 from .readout import Readout
-from .registry import get_method_class
+from .registry import expand_alias, get_method_class
 
 
 class Composite(Method):
@@ -125,6 +125,7 @@ def parse_method_spec(spec: str) -> list[str]:
     if not spec.strip() or any(not name for name in names):
         raise ConfigError(f"method '{spec}' is not valid; write one name or names joined by '+', "
                           "e.g. replay+ewc")
+    names = [part for name in names for part in expand_alias(name)]  # lora-replay: lora, replay
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"method '{spec}' names {', '.join(duplicates)} twice")

@@ -69,6 +69,7 @@ class Method:
     needs_task_ids_at_test: ClassVar[bool] = False  # only possible in task-incremental learning
     scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
     stores_data: ClassVar[bool] = False  # keeps training samples (a memory)
+    needs_transformer: ClassVar[bool] = False  # attention heads and FFN units (DAS)
     composable: ClassVar[bool] = True
     gradient_stage: ClassVar[int] = TRANSFORM  # see OBJECTIVE / TRANSFORM above
 

@@ -9,18 +9,41 @@ from ..errors import ConfigError
 from .method import Method
 
 _METHODS: dict[str, type[Method]] = {}
+_ALIASES: dict[str, str] = {}  # a name for a composition: "lora-replay" -> "lora+replay"
 
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Add a method class under `cls.name`; usable as a decorator."""
     if not cls.name or not cls.description:
         raise ValueError(f"{cls.__name__} needs a `name` and a one-line `description`")
+    if cls.name in _ALIASES:
+        raise ValueError(f"'{cls.name}' is already an alias of '{_ALIASES[cls.name]}'")
     if cls.name in _METHODS and _METHODS[cls.name] is not cls:
         raise ValueError(f"a method named '{cls.name}' is already registered "
                          f"({_METHODS[cls.name].__module__}.{_METHODS[cls.name].__name__})")
     cls.Config._owner = cls.name
     _METHODS[cls.name] = cls
     return cls
+
+
+def register_alias(name: str, spec: str) -> None:
+    """Let `name` stand for the composition `spec` wherever a method spec is read (the papers'
+    names for combinations, e.g. MIGU's "lora-replay" for `lora+replay`)."""
+    if name in _METHODS or _ALIASES.get(name, spec) != spec:
+        raise ValueError(f"'{name}' is already a method or an alias")
+    _ALIASES[name] = spec
+
+
+def expand_alias(name: str) -> list[str]:
+    """The method names `name` stands for: itself, or the parts of the composition it aliases."""
+    _load_builtin()
+    return _ALIASES[name].split("+") if name in _ALIASES else [name]
+
+
+def list_aliases() -> dict[str, str]:
+    """Every alias and the composition it stands for, sorted by name."""
+    _load_builtin()
+    return dict(sorted(_ALIASES.items()))
 
 
 def list_methods() -> dict[str, str]:

@@ -1,0 +1,312 @@
+"""MIGU, magnitude-based gradient updating (Du, Cheng, Luo et al., "Unlocking Continual Learning
+Abilities in Language Models", EMNLP 2024 Findings, arXiv:2406.17245).
+
+For every linear layer (`nn.Linear`, and transformers' `Conv1D` of GPT-2, whose weight is stored
+transposed), a forward hook adds up the L1 magnitude of each output dimension i over every token
+and sample of the training forward passes since the last update: m_i = Σ_tokens |x·w_i + b_i|.
+The bias is part of it, as in the authors' code, which hooks the layer's output. At each optimizer
+update, per layer, τ = quantile(m, T) (T = 0.7) and the gradient of every output dimension with
+m_i < τ is zeroed (its weight row and its bias entry): only the top 1 − T of the dimensions learn.
+The paper's L1 normalisation of m does not change a per-layer quantile mask, so it is left out.
+
+- Gradient accumulation: the masks act once per update (`transform_grads`, the optimizer step
+  pre-hook), with the magnitudes of every micro-batch since the last update summed; they are
+  reset after each update, and at the start of each task.
+- Only training passes count: forward passes in eval mode, without gradients, under a functorch
+  transform (per-sample gradients), or run while an optimizer step is in progress (A-GEM's and
+  GEM's reference gradients) do not add to the magnitudes. Forward passes of other methods'
+  probes at task boundaries (SPG's importance) are cleared by the reset at `before_task`.
+- Data parallel: the magnitudes are summed over the replicas before the quantile, so every replica
+  applies the same mask.
+- LoRA (peft): the A matrix of an adapter (`lora_A`, in → r) is masked by the magnitudes of its own
+  output x·A; the B matrix (`lora_B`, r → out) by those of the adapted layer's *total* output
+  x·W + (α/r)·x·A·B, as in the authors' LoRA code. The frozen base weight gets no gradient.
+  The layers are looked for again at the first forward pass after `attach` and after each
+  `before_task`, so adapters that `lora` / `inc-lora` add (in either composition order) count.
+- The output layer (`head`, or the language-model head) is masked too by default, like every
+  `nn.Linear` in the authors' code (T5's `lm_head` included); `mask_head=false` leaves it free,
+  which a classification head with few units may need (with T = 0.7 and 4 units, one unit learns
+  per step). A head tied to the input embeddings (GPT-2) masks the shared matrix's rows.
+- First task: the paper describes MIGU as task-label free, with no exception for the first task,
+  so every task is masked by default; the authors' scripts train the first task unmasked
+  (`--is_first_task True`), which `mask_first_task=false` reproduces (it needs task boundaries).
+
+The mask multiplies the gradient, so an optimizer with momentum or Adam moments still moves masked
+rows by their past updates, as in the reference. A step skipped by a `GradScaler` does not reset
+the magnitudes: they carry over to the next update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core.config import Config, option
+from ..core.method import TRANSFORM, Method
+from ..core.registry import register_method
+from ..distributed import all_reduce_sum_
+from ..errors import ConfigError
+
+ROWS, COLUMNS, VECTOR = 0, 1, 2  # how a parameter's output dimension is laid out
+
+
+@dataclasses.dataclass
+class MIGUConfig(Config):
+    threshold: float = option(0.7, "T: per layer, output dimensions whose magnitude is below "
+                              "the T-quantile get no gradient (only the top 1 − T learn); "
+                              "0 <= T < 1", low=0)
+    mask_first_task: bool = option(
+        True, "mask the first task too (paper); false: train it unmasked as the authors' "
+        "scripts do (needs task boundaries)")
+    mask_head: bool = option(True, "mask the output layer (`head` / the LM head) too, as the "
+                             "authors' code masks every nn.Linear; false leaves it unmasked")
+
+    def validate(self) -> None:
+        if self.threshold >= 1:
+            raise ConfigError(f"migu.threshold: {self.threshold!r} is out of range; accepted: "
+                              ">= 0 and < 1 (the share of output dimensions left unchanged)")
+
+
+@dataclasses.dataclass
+class _Unit:
+    """One magnitude vector: the module whose output it sums, and the parameters it masks."""
+
+    module: nn.Module
+    params: list[tuple[Tensor, int]]  # (parameter, ROWS | COLUMNS | VECTOR)
+    size: int  # output dimensions
+
+
+def _conv1d_class() -> type | None:
+    """transformers' Conv1D, if transformers is loaded (a model holding one has loaded it)."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    return getattr(module, "Conv1D", None)
+
+
+def _trainable(pairs: list[tuple[Tensor | None, int]]) -> list[tuple[Tensor, int]]:
+    return [(p, kind) for p, kind in pairs if p is not None and p.requires_grad]
+
+
+def find_units(model: nn.Module, skip: set[int]) -> list[_Unit]:
+    """Every linear layer with trainable parameters; LoRA's B matrices go with their layer's total
+    output. Modules whose id is in `skip` (the head) are left out."""
+    conv1d = _conv1d_class()
+    lora_b: dict[int, nn.Module] = {}  # id(lora_B linear) -> the LoRA layer holding it
+    units: list[_Unit] = []
+    for module in model.modules():
+        bs = getattr(module, "lora_B", None)
+        if not isinstance(bs, nn.ModuleDict) or id(module) in skip:
+            continue
+        linears = [b for b in bs.values() if isinstance(b, nn.Linear)]
+        lora_b.update({id(b): module for b in linears})
+        params = _trainable([pair for b in linears
+                             for pair in ((b.weight, ROWS), (b.bias, VECTOR))])
+        if params:
+            units.append(_Unit(module, params, linears[0].out_features))
+    for module in model.modules():
+        if id(module) in skip or id(module) in lora_b:
+            continue
+        if isinstance(module, nn.Linear):
+            params = _trainable([(module.weight, ROWS), (module.bias, VECTOR)])
+            size = module.out_features
+        elif conv1d is not None and isinstance(module, conv1d):  # weight [in, out]
+            params = _trainable([(module.weight, COLUMNS), (module.bias, VECTOR)])
+            size = module.weight.shape[1]
+        else:
+            continue
+        if params:
+            units.append(_Unit(module, params, size))
+    return units
+
+
+def output_module(model: nn.Module) -> nn.Module | None:
+    """The model's output layer: `head`, else the Hugging Face output embeddings, else the last
+    linear layer."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module):
+        return head
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Module):
+        return head
+    linear = (nn.Linear,) + tuple(c for c in (_conv1d_class(),) if c is not None)
+    layers = [m for m in model.modules() if isinstance(m, linear)]
+    return layers[-1] if layers else None
+
+
+def _transformed(tensor: Tensor) -> bool:
+    """Whether `tensor` lives inside a torch.func transform (vmap/grad: a probe, not training)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
+@register_method
+class MIGU(Method):
+    """Magnitude-based gradient updating; see the module docstring."""
+
+    name = "migu"
+    description = "magnitude-based gradient updating: only high-output rows of linear layers learn"
+    Config = MIGUConfig
+    gradient_stage = TRANSFORM
+    state_attrs = ("magnitudes",)
+
+    def __init__(self, config: MIGUConfig | dict | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        # the reference's first-task exception needs to know when the first task ends
+        self.needs_task_boundaries = not self.config.mask_first_task  # type: ignore[misc]
+        self._buffers: list[Tensor] = []  # magnitudes, one [layers, size] tensor per size
+
+    # --- set-up --------------------------------------------------------------------------------
+    def on_attach(self) -> None:
+        self._unit_handles: list[Any] = []
+        self._signature: tuple = ()
+        self.build()
+        # Adapters added later (`lora` attached after migu, inc-lora's one per task) and layers
+        # frozen later are looked for again at the first forward pass after attach and after
+        # each before_task.
+        self._stale = True
+        self._handles.append(self.model.register_forward_pre_hook(self._refresh))
+        # Forward passes during an optimizer step (other methods' probes) are not training
+        # passes: close the count when the step starts, before any method's transform runs.
+        self._counting = True
+        self._check_pending = True
+        handle = self.optimizer.register_step_pre_hook(self._close)
+        pre_hooks = getattr(self.optimizer, "_optimizer_step_pre_hooks", None)
+        if isinstance(pre_hooks, dict) and hasattr(pre_hooks, "move_to_end"):  # no `prepend=`
+            pre_hooks.move_to_end(handle.id, last=False)
+        self._handles.append(handle)
+        self._handles.append(self.optimizer.register_step_post_hook(self._open))
+
+    def on_detach(self) -> None:
+        for handle in self._unit_handles:
+            handle.remove()
+        self._unit_handles.clear()
+
+    def build(self) -> None:
+        """Find the layers and parameters to mask; (re)make the magnitude buffers and hooks when
+        they changed."""
+        head = None if self.config.mask_head else output_module(self.model)
+        skip = set() if head is None else {id(m) for m in head.modules()}
+        units = find_units(self.model, skip)
+        if not units:
+            raise ConfigError("migu masks the gradients of linear layers (nn.Linear, "
+                              "transformers Conv1D) and the model has none with trainable "
+                              "parameters")
+        signature = tuple((id(u.module), tuple(id(p) for p, _ in u.params)) for u in units)
+        if signature == self._signature:
+            return
+        self._signature = signature
+        self.on_detach()  # the hooks of the layers found before
+        groups: dict[tuple[int, torch.device], list[_Unit]] = {}
+        for unit in units:
+            device = unit.params[0][0].device
+            groups.setdefault((unit.size, device), []).append(unit)
+        self._buffers, self._keep, self._masks = [], [], []
+        self._targets: list[tuple[Tensor, Tensor]] = []  # (parameter, its mask view)
+        dtype = units[0].params[0][0].dtype
+        for (size, device), members in groups.items():
+            buffer = torch.zeros(len(members), size, device=device)
+            mask = torch.ones(len(members), size, device=device, dtype=dtype)
+            self._buffers.append(buffer)
+            self._keep.append(torch.ones(len(members), size, device=device, dtype=torch.bool))
+            self._masks.append(mask)
+            for row, unit in enumerate(members):
+                self._unit_handles.append(
+                    unit.module.register_forward_hook(self._hook(buffer[row])))
+                views = {ROWS: mask[row].unsqueeze(1), COLUMNS: mask[row].unsqueeze(0),
+                         VECTOR: mask[row]}
+                self._targets += [(p, views[kind]) for p, kind in unit.params]
+
+    def _refresh(self, *args: Any) -> None:
+        if self._stale:
+            self._stale = False
+            self.build()
+
+    def _close(self, *args: Any) -> None:
+        self._counting = False
+
+    def _open(self, *args: Any) -> None:
+        self._counting = True
+
+    def _hook(self, row: Tensor) -> Callable[[nn.Module, Any, Any], None]:
+        def accumulate(module: nn.Module, args: Any, output: Any) -> None:
+            if not (self._counting and module.training and torch.is_grad_enabled()):
+                return
+            out = output if isinstance(output, Tensor) else output[0]
+            if _transformed(out):
+                return
+            # one fused pass over the output: Σ over tokens and samples of |output|, per column
+            row.add_(out.detach().abs().reshape(-1, out.shape[-1]).sum(0, dtype=row.dtype))
+        return accumulate
+
+    # --- training ------------------------------------------------------------------------------
+    def masking(self) -> bool:
+        """Whether this update is masked (all tasks, or from the second with mask_first_task
+        false)."""
+        return self.config.mask_first_task or self.task >= 1
+
+    def before_task(self, task: int) -> None:
+        super().before_task(task)
+        self.reset()
+        self._stale = True
+
+    def reset(self) -> None:
+        """Forget the magnitudes counted so far."""
+        torch._foreach_zero_(self._buffers)
+
+    @torch.no_grad()
+    def transform_grads(self) -> None:
+        self._refresh()
+        if not self.masking():
+            self.reset()
+            return
+        all_reduce_sum_(self._buffers)
+        if self._check_pending:
+            self._check_counted()
+        threshold = Fraction(repr(self.config.threshold))  # 0.6 is 3/5, not 0.6000000238
+        for buffer, keep, mask in zip(self._buffers, self._keep, self._masks):
+            # m ≥ quantile(m, T) (linear interpolation) ⟺ m ≥ the ⌈T(n − 1)⌉-th smallest value
+            rank = math.ceil(threshold * (buffer.shape[1] - 1))
+            tau = buffer.kthvalue(rank + 1, dim=1, keepdim=True).values
+            torch.ge(buffer, tau, out=keep)
+            mask.copy_(keep)
+        grads, masks = [], []
+        for p, view in self._targets:
+            if p.grad is not None:
+                grads.append(p.grad)
+                masks.append(view)
+        if grads:
+            torch._foreach_mul_(grads, masks)
+        self.reset()
+
+    def _check_counted(self) -> None:
+        """Once per attach: a masked update without any counted forward pass would be unmasked."""
+        self._check_pending = False
+        if not any(bool(buffer.any()) for buffer in self._buffers):
+            warnings.warn("migu: an optimizer step came with no counted forward pass, so it is "
+                          "not masked; magnitudes count only forward passes in training mode "
+                          "with gradients enabled (call model.train())", stacklevel=3)
+
+    # --- state ---------------------------------------------------------------------------------
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.needs_task_boundaries = not self.config.mask_first_task  # type: ignore[misc]
+
+    @property
+    def magnitudes(self) -> list[Tensor]:
+        """The magnitudes counted since the last update, one [layers, size] tensor per size."""
+        return [buffer.clone() for buffer in self._buffers]
+
+    @magnitudes.setter
+    def magnitudes(self, values: list[Tensor]) -> None:
+        self._refresh()  # the adapters a resumed model holds
+        if len(values) != len(self._buffers) or any(
+                v.shape != b.shape for v, b in zip(values, self._buffers)):
+            raise ConfigError("migu: the saved magnitudes do not fit this model's linear layers")
+        torch._foreach_copy_(self._buffers, [v.to(b.device) for v, b in zip(values, self._buffers)])
