@@ -93,7 +93,7 @@ def test_gradient_accumulation_transforms_once_per_update_and_matches_a_double_b
 
 def fisher_distance(ewc: EWC, model: torch.nn.Module) -> float:
     named = dict(model.named_parameters())
-    return sum(float((p * (named[n.removeprefix("model.")] - m).square()).sum())
+    return sum(float((p * (named[n.removeprefix("model.")] - m).square()).sum().detach())
                for n, p, m in zip(ewc.param_names, ewc.precision, ewc.anchor))
 
 

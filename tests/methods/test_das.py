@@ -416,3 +416,16 @@ def test_config_errors() -> None:
                                             0.1))
     units = find_units(bert(dropout=0.0))
     assert [g.size for g in units] == [HEADS, INTER, HIDDEN] * 2
+
+
+def test_add_penalty_leaves_the_loss_alone_without_the_contrastive_loss() -> None:
+    """A user's loop calls method.add_penalty on every step; DAS without its contrastive loss has
+    no penalty, so the loss must come back unchanged (it used to run the contrastive passes)."""
+    torch.manual_seed(0)
+    model = build_hf_model("tiny-bert", 3, format="classify", vocab_size=261)
+    method = DAS().attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x = torch.randint(5, 261, (4, 10))
+    batch = Batch(x, torch.randint(0, 3, (4,)))
+    output = model(x)
+    loss = batch.loss(output)
+    assert method.add_penalty(loss, batch, output) is loss

@@ -230,6 +230,8 @@ class Method:
 
     def add_penalty(self, loss: Tensor, batch: BatchLike, output: Tensor) -> Tensor:
         """`loss` plus this method's penalty: the one line a user's own loop needs."""
+        if not self.uses("penalty"):  # e.g. DAS without its contrastive loss
+            return loss
         term = self.penalty(as_batch(batch), output)
         return loss if term is None else loss + term
 
