@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
-import yaml
-
 import pytest
 import torch
+import yaml
 from helpers import SHARED_DATA
 from text_helpers import LABELS, write_text_tasks
 
@@ -328,7 +327,7 @@ def test_lora_adapters_get_their_own_learning_rate():
 
     model = build_hf_model("tiny-bert", 3, format="classify", vocab_size=261)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    method = build_method("o-lora", {"o-lora": {"lr": 1e-3}}).attach(model, optimizer)
+    build_method("o-lora", {"o-lora": {"lr": 1e-3}}).attach(model, optimizer)
     assert optimizer.param_groups[0]["lr"] == 5e-5 and optimizer.param_groups[-1]["lr"] == 1e-3
     adapters = {id(p) for p in optimizer.param_groups[-1]["params"]}
     assert adapters and all("lora_" in n for n, p in model.named_parameters()

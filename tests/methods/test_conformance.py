@@ -15,12 +15,11 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_mlp, toy_scenario
+from helpers import tiny_mlp, toy_scenario, train_tasks
 
 from lifelong.core import Batch, build_method, get_method_class, list_methods
 from lifelong.scenarios import Scenario
 from lifelong.scenarios.task import Task
-from lifelong.training.loop import train_task
 
 # Small settings so every check runs in milliseconds; other keys keep their defaults.
 SETTINGS = {
@@ -58,15 +57,8 @@ def hooks(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 
 def run_tasks(method, model, optimizer, scenario, tasks=(0, 1), epochs=3, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    for t in tasks:
-        task = scenario.tasks[t]
-        scenario.readout.begin_task(t)
-        method.before_task(t)
-        data = task.train_data()
-        train_task(model, optimizer, method, scenario.readout, method.training_data(t, data),
-                   batch_size=8, epochs=epochs, generator=generator)
-        method.after_task(t, data)
+    train_tasks(method, model, optimizer, scenario, tasks, epochs=epochs,
+                generator=torch.Generator().manual_seed(seed))
 
 
 def as_tokens(scenario: Scenario) -> Scenario:

@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_mlp, toy_scenario
+from helpers import tiny_mlp, toy_scenario, train_tasks
 
 from lifelong.checkpoint import RunProgress, load_checkpoint, save_checkpoint
 from lifelong.core import Batch, build_method, list_methods, parse_method_spec
@@ -26,13 +26,7 @@ def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def run(method, model, optimizer, scenario, tasks, generator, epochs=2) -> None:
-    for t in tasks:
-        scenario.readout.begin_task(t)
-        method.before_task(t)
-        data = scenario.tasks[t].train_data()
-        train_task(model, optimizer, method, scenario.readout, data, batch_size=8,
-                   epochs=epochs, generator=generator)
-        method.after_task(t, data)
+    train_tasks(method, model, optimizer, scenario, tasks, epochs=epochs, generator=generator)
 
 
 def linear_shapes(model: torch.nn.Module, skip: str) -> dict[str, tuple[int, int]]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import blobs, tiny_mlp, toy_scenario
+from helpers import blobs, tiny_mlp, toy_scenario, train_tasks
 
 from lifelong.core import check_compatible
 from lifelong.errors import ConfigError
@@ -21,7 +21,6 @@ from lifelong.prune import (
     prunable_parameters,
     sparsity,
 )
-from lifelong.training.loop import train_task
 
 
 def remaining_after(n: int, rounds: int, fraction: float = 0.2) -> int:
@@ -224,14 +223,7 @@ def test_imp_without_training_the_ticket_returns_it_at_the_rewind_point() -> Non
 
 # --- the lottery method ------------------------------------------------------------------------
 def run(method, model, optimizer, scenario, tasks, epochs: int = 3) -> None:
-    generator = torch.Generator().manual_seed(0)
-    for t in tasks:
-        scenario.readout.begin_task(t)
-        method.before_task(t)
-        data = scenario.tasks[t].train_data()
-        train_task(model, optimizer, method, scenario.readout, data, batch_size=8,
-                   epochs=epochs, generator=generator)
-        method.after_task(t, data)
+    train_tasks(method, model, optimizer, scenario, tasks, epochs=epochs)
 
 
 def task_logits(method, model, scenario, task: int) -> torch.Tensor:

@@ -55,8 +55,8 @@ def instruction(task: TextTaskData) -> str:
 
 def text_scenario(tasks: Sequence[TextTaskData], tokenizer: Any, *, model: str,
                   format: TextFormat = "classify", scenario: str = "task",
-                  head: str = "multi", max_length: int = 128, mask_unseen: bool = True, name: str = "text",
-                  seed: int = 0, mlm_probability: float = 0.15) -> Scenario:
+                  head: str = "multi", max_length: int = 128, mask_unseen: bool = True,
+                  name: str = "text", seed: int = 0, mlm_probability: float = 0.15) -> Scenario:
     """The scenario of `tasks` (in this order) for the model whose `tokenizer` is given."""
     if format not in FORMATS:
         raise ConfigError(f"text format '{format}' is not accepted; use one of {FORMATS}")
