@@ -332,3 +332,17 @@ def test_lora_adapters_get_their_own_learning_rate():
     adapters = {id(p) for p in optimizer.param_groups[-1]["params"]}
     assert adapters and all("lora_" in n for n, p in model.named_parameters()
                             if id(p) in adapters)
+
+
+def test_classifier_skips_all_padding_columns_without_changing_its_output():
+    """Trailing columns that are padding in every row are cut for speed; the logits must be those
+    of the full batch (and a row's own padding still masked)."""
+    torch.manual_seed(0)
+    model = build_hf_model("tiny-bert", 3, format="classify", vocab_size=261).eval()
+    x = torch.randint(5, 261, (3, 12))
+    x[1, 7:] = PAD  # a shorter row inside the batch
+    padded = torch.cat([x, torch.full((3, 20), PAD)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded), model(x))
+        alone = model(x[1:2, :7])
+        torch.testing.assert_close(model(x)[1:2], alone, rtol=1e-5, atol=1e-6)
