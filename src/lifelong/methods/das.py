@@ -50,7 +50,7 @@ from ..core.batchnorm import frozen_running_stats, training_mode
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
-from ..distributed import all_reduce_sum_
+from ..distributed import all_reduce_max_, all_reduce_sum_
 from ..errors import ConfigError
 from ..functional.units import find_units, gated, keep_factors
 from .spg import output_layer
@@ -282,7 +282,7 @@ class DAS(Method):
                                            for s, g in zip(sums, found)])
                 torch.maximum(largest, loss.detach().abs(), out=largest)
         all_reduce_sum_(sums)
-        all_reduce_sum_([largest])
+        all_reduce_max_([largest])  # the largest over every replica's batches
         return sums, float(largest)
 
     # --- state ---------------------------------------------------------------------------------

@@ -252,10 +252,6 @@ def build_hf_model(name: str, num_outputs: int, *, format: str = "classify",
     return HFClassifier(_body(name, "encoder", vocab_size, dropout), num_outputs, pad_token_id)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 __all__ = ["HFCausalLM", "HFClassifier", "HFMaskedLM", "LogitsAdapter", "PAD", "TINY_MODELS",
            "build_hf_model", "byte_tokenizer", "is_decoder", "load_tokenizer", "minilm_path",
            "pack_ids", "resolve", "unpack_ids"]

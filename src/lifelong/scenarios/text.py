@@ -109,10 +109,10 @@ def _classification_readout(tasks: Sequence[TextTaskData], scenario: str, head: 
     `head="shared"`: one unit per distinct label name, each task reading its own labels' units
     (the classifier's analogue of a decoder writing the label's words after the task's
     instruction)."""
+    names: dict[str, int] = {}  # a unit per distinct label name, in order of appearance
+    by_name = [[names.setdefault(label, len(names)) for label in t.labels] for t in tasks]
     if scenario == "task" and head == "shared":
-        names: dict[str, int] = {}
-        units = [[names.setdefault(label, len(names)) for label in t.labels] for t in tasks]
-        return Readout("task", len(names), units), units
+        return Readout("task", len(names), by_name), by_name
     if scenario == "task":
         offsets = np.cumsum([0] + [len(t.labels) for t in tasks])
         units = [list(range(offsets[i], offsets[i] + len(t.labels))) for i, t in enumerate(tasks)]
@@ -122,9 +122,7 @@ def _classification_readout(tasks: Sequence[TextTaskData], scenario: str, head: 
         units = [list(range(len(t.labels))) for t in tasks]
         return Readout("domain", width, units), units
     if scenario == "class":
-        names = {}
-        units = [[names.setdefault(label, len(names)) for label in t.labels] for t in tasks]
-        return Readout("class", len(names), units, mask_unseen=mask_unseen), units
+        return Readout("class", len(names), by_name, mask_unseen=mask_unseen), by_name
     raise ConfigError(f"scenario '{scenario}' is not accepted; use task, domain or class")
 
 
