@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_mlp, toy_scenario
+from helpers import require_native, tiny_mlp, toy_scenario
 from test_conformance import hooks
 
 import lifelong.methods.upgd  # noqa: F401  (registers the method)
@@ -73,12 +73,28 @@ def reference_run(data: list[Batch], *, lr: float, beta: float = 0.999, sigma: f
     return theta
 
 
-def method_run(data: list[Batch], *, lr: float, host: bool = True, seed: int = 0,
+# The three code paths of the step: the compiled CPU kernel (float32 on the CPU, the default
+# there), PyTorch operations with M read on the host (fused=false; float64, ...), and the
+# accelerator's PyTorch path (M kept on the device), run here on the CPU.
+PATHS = ("kernel", "aten", "device")
+
+
+def on_path(method: UPGD, path: str) -> UPGD:
+    """Check that `method` (attached with fused=path == "kernel") takes `path`."""
+    if path == "kernel":
+        require_native("upgd")
+    assert (method._kernel is not None) == (path == "kernel")
+    method._host_scalars = path != "device"
+    return method
+
+
+def method_run(data: list[Batch], *, lr: float, path: str = "kernel", seed: int = 0,
                **config) -> tuple[list[np.ndarray], UPGD]:
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    method = UPGD(**{"noise": "exact", **config}).attach(model, optimizer, seed=seed)
-    method._host_scalars = host  # False: the accelerator code path, on the CPU
+    method = UPGD(**{"noise": "exact", "fused": path == "kernel", **config}).attach(
+        model, optimizer, seed=seed)
+    on_path(method, path)
     for batch in data:
         optimizer.zero_grad(set_to_none=True)
         batch.loss(model(batch.x)).backward()
@@ -92,7 +108,7 @@ def assert_params_close(got: list[np.ndarray], want: list[np.ndarray], tol: floa
 
 
 # --- the update --------------------------------------------------------------------------------
-@pytest.mark.parametrize("host", [True, False])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("protect,sigma,scaling,weight_decay,beta", [
     (True, 0.0, "global", 0.0, 0.9),
     (True, 0.0, "local", 0.0, 0.9),
@@ -101,13 +117,13 @@ def assert_params_close(got: list[np.ndarray], want: list[np.ndarray], tol: floa
     (False, 0.05, "global", 0.0, 0.9),
     (False, 0.05, "local", 0.1, 0.0),  # β = 0: the utility is the last step's
 ])
-def test_steps_equal_the_formula(host: bool, protect: bool, sigma: float, scaling: str,
+def test_steps_equal_the_formula(path: str, protect: bool, sigma: float, scaling: str,
                                  weight_decay: float, beta: float) -> None:
     data = batches(6)
     config = dict(lr=0.2, sigma=sigma, protect=protect, scaling=scaling,
                   weight_decay=weight_decay, beta=beta)
     want = reference_run(data, **config)
-    got, _ = method_run(data, host=host, lr=0.2, sigma=sigma, protect=protect, scaling=scaling,
+    got, _ = method_run(data, path=path, lr=0.2, sigma=sigma, protect=protect, scaling=scaling,
                         weight_decay=weight_decay, beta_utility=beta)
     assert_params_close(got, want)
 
@@ -163,8 +179,8 @@ def set_grads(model: torch.nn.Module, grads: list[torch.Tensor]) -> None:
         p.grad = g.clone()
 
 
-@pytest.mark.parametrize("host", [True, False])
-def test_bias_correction_and_global_versus_local_maximum(host: bool) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_bias_correction_and_global_versus_local_maximum(path: str) -> None:
     """One step with β = 0.5: û = u, so s = sigmoid(u / max u). Taking M from the uncorrected
     ū = u/2 (the reference code) would give sigmoid(2u / max u)."""
     model = torch.nn.Linear(3, 2)
@@ -174,9 +190,9 @@ def test_bias_correction_and_global_versus_local_maximum(host: bool) -> None:
     grads = [torch.tensor([[-1.0, -0.5, 0.25], [2.0, -1.0, -0.1]]), torch.tensor([-0.2, 0.3])]
     u = [-(g * p.detach()) for g, p in zip(grads, model.parameters())]  # weight: max 1, bias .3
     for scaling, maxima in (("global", (1.0, 1.0)), ("local", (1.0, 0.3))):
-        method = UPGD(beta_utility=0.5, sigma=0.0, scaling=scaling).attach(
-            model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
-        method._host_scalars = host
+        method = on_path(UPGD(beta_utility=0.5, sigma=0.0, scaling=scaling,
+                              fused=path == "kernel").attach(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0), path)
         set_grads(model, grads)
         method.transform_grads()
         for p, g, ui, m in zip(model.parameters(), grads, u, maxima):
@@ -203,16 +219,15 @@ def test_utility_estimate_is_the_bias_corrected_trace() -> None:
             torch.testing.assert_close(got.double(), u / (1 - 0.8 ** t), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("host", [True, False])
-def test_no_positive_utility_protects_nothing(host: bool) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_no_positive_utility_protects_nothing(path: str) -> None:
     """M ≤ 0: the guard sets s = 0, so the gradient passes unchanged; per tensor when local."""
     model = torch.nn.Linear(3, 2)
     weight_grad = model.weight.detach() * 0.7  # u = −0.7θ² ≤ 0 for every weight
     bias_grad = -model.bias.detach()  # u = θ² > 0 for the bias
     for scaling in ("global", "local"):
-        method = UPGD(sigma=0.0, scaling=scaling).attach(
-            model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
-        method._host_scalars = host
+        method = on_path(UPGD(sigma=0.0, scaling=scaling, fused=path == "kernel").attach(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0), path)
         set_grads(model, [torch.zeros(2, 3), torch.zeros(2)])  # u = 0 everywhere: M = 0
         method.transform_grads()
         assert torch.equal(model.weight.grad, torch.zeros(2, 3))
@@ -228,29 +243,69 @@ def test_no_positive_utility_protects_nothing(host: bool) -> None:
             assert bool(((ratio > 0.5) & (ratio < 1)).all())
         assert bool((model.bias.grad.abs() < bias_grad.abs()).all())
         method.detach()
-    method = UPGD(sigma=0.0).attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    method = on_path(UPGD(sigma=0.0, fused=path == "kernel").attach(
+        model, torch.optim.SGD(model.parameters(), lr=0.1)), path)
     set_grads(model, [weight_grad * float("nan"), bias_grad])  # M not finite
     method.transform_grads()
     torch.testing.assert_close(model.bias.grad, bias_grad, rtol=0, atol=0)
 
 
-def test_noise_has_the_right_statistics_exact_and_table() -> None:
+@pytest.mark.parametrize("noise", ["exact", "table", "counter"])
+def test_noise_has_the_right_statistics(noise: str) -> None:
     """With zero gradients the gate is 1, so the transformed gradient is the noise itself."""
-    for noise in ("exact", "table"):
-        model = torch.nn.Linear(20, 10)
-        method = UPGD(sigma=2.0, noise=noise).attach(
-            model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
-        draws = []
-        for _ in range(300):
-            set_grads(model, [torch.zeros(10, 20), torch.zeros(10)])
-            method.transform_grads()
-            draws.append(torch.cat([model.weight.grad.flatten(), model.bias.grad]))
-        xi = torch.stack(draws).double()  # steps × weights
-        assert abs(float(xi.mean())) < 0.03
-        assert float(xi.std()) == pytest.approx(2.0, rel=0.02)
-        lag = (xi[1:] * xi[:-1]).mean() / xi.var()  # a weight's successive draws
-        assert abs(float(lag)) < 0.03
-        assert all(len(row.unique()) == len(row) for row in xi[:20])  # distinct within a step
+    if noise == "counter":
+        require_native("upgd")
+    model = torch.nn.Linear(20, 10)
+    method = UPGD(sigma=2.0, noise=noise).attach(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
+    draws = []
+    for _ in range(300):
+        set_grads(model, [torch.zeros(10, 20), torch.zeros(10)])
+        method.transform_grads()
+        draws.append(torch.cat([model.weight.grad.flatten(), model.bias.grad]))
+    xi = torch.stack(draws).double()  # steps × weights
+    assert abs(float(xi.mean())) < 0.03
+    assert float(xi.std()) == pytest.approx(2.0, rel=0.02)
+    lag = (xi[1:] * xi[:-1]).mean() / xi.var()  # a weight's successive draws
+    assert abs(float(lag)) < 0.03
+    assert all(len(row.unique()) == len(row) for row in xi[:20])  # distinct within a step
+
+
+def test_counter_noise_is_drawn_in_the_kernel_and_resumes_exactly() -> None:
+    """noise=counter: ξ of step t is a function of (key, t), so a run restored from a state dict
+    draws the same noise as the run that went on; it needs the kernel, else a clear error."""
+    require_native("upgd")
+    data = batches(6)
+
+    def run(steps: list[Batch], state=None):
+        model = tiny_mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        method = UPGD(sigma=0.3, beta_utility=0.9, noise="counter").attach(model, optimizer,
+                                                                           seed=4)
+        if state is not None:
+            model.load_state_dict(state[0])
+            method.load_state_dict(state[1])
+        for batch in steps:
+            optimizer.zero_grad()
+            batch.loss(model(batch.x)).backward()
+            optimizer.step()
+        return model, method
+
+    whole, _ = run(data)
+    half, method = run(data[:3])
+    state = (half.state_dict(), method.state_dict())
+    resumed, _ = run(data[3:], state)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    other, _ = run(data[:3])
+    assert method.noise_key is not None and method.noise is None
+    for a, b in zip(other.parameters(), half.parameters()):
+        assert torch.equal(a, b)  # the same seed, the same noise
+    model = tiny_mlp()
+    for config in ({"fused": False}, {"level": "feature"}):
+        with pytest.raises(ConfigError, match="noise=counter"):
+            UPGD(noise="counter", **config).attach(
+                model, torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_table_noise_is_a_window_of_the_table_gated_by_one_minus_s() -> None:
@@ -532,7 +587,7 @@ def test_variants_train_and_detach_cleanly(config) -> None:
     ({"scaling": "layer"}, "global, local"),
     ({"level": "unit"}, "weight, feature"),
     ({"utility": "third"}, "first, second"),
-    ({"noise": "cheap"}, "auto, exact, table"),
+    ({"noise": "cheap"}, "auto, exact, counter, table"),
     ({"protect": "maybe"}, "true or false"),
 ])
 def test_bad_config_is_refused(values, message) -> None:

@@ -56,8 +56,13 @@ Details:
   as a whole batch-1 SGD step of a 784-100-100-10 MLP. `table` reads the values from a rolling
   table of normals (`lifelong.functional.noise.GaussianNoise`, shared with Shrink & Perturb):
   independent N(0, σ²) within a step, every table entry redrawn within 32 steps, but one step's
-  noise partly repeats an earlier step's at other positions. `auto` (default) picks `table` on
-  the CPU and `exact` on accelerators, where drawing costs little.
+  noise partly repeats an earlier step's at other positions. `counter` draws fresh i.i.d.
+  normals inside the fused CPU kernel (below) from a counter-based generator, Threefry2x32-20 of
+  (element, tensor, step) under a key drawn from the method's seed, turned into normals by
+  Box–Muller: as exact as `exact`, reproducible from the key and t alone, about 4x cheaper than
+  torch's CPU generator and with no buffer to read. `auto` (default) picks `counter` where the
+  kernel runs, `table` elsewhere on the CPU, and `exact` on accelerators, where drawing costs
+  little.
 
 Speed (batch-1 streaming is bound by passes over memory): the trace is stored as
 v = ū·β^−(t − origin), so the decay costs no pass (v += β^−(t − origin)(1 − β)u, one fused
@@ -66,7 +71,14 @@ largest are then zeroed, which changes no float32 gate and keeps dead units' uti
 denormal numbers, many times slower to compute with. M is one `amax`. On a CPU, M is read as a
 number (free there) and the gate is one fused in-place pass per tensor, g ← g⊙sigmoid(−v/M); on an
 accelerator M stays on the device. The state (`state_dict`) holds v, its origin, t and the noise
-source's state (for table noise, the table).
+source's state (for table noise, the table; for counter noise, the key).
+
+Fused kernel (`fused`, default true; float32 parameters on the CPU, level=weight): the whole
+transform is one call into C (`lifelong/functional/kernels/upgd.c`, compiled at first use with the
+machine's compiler, PyTorch fallback without one): a sweep for the trace and the maxima, a sweep
+for noise, gate and weight decay; five PyTorch passes become two, and about twenty operator calls
+one (second order adds its curvature with PyTorch first). It computes the same update as the
+PyTorch path up to float32 rounding (the tests run the formula tests on both paths).
 
 Data parallelism (DDP): the first-order utility is made of DDP's averaged gradient and the
 weights, the same on every replica; the second-order curvature comes from the replica's own
@@ -90,8 +102,10 @@ from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
 from ..distributed import all_reduce_mean_, broadcast_generator_
 from ..errors import ConfigError
-from ..functional import gradients_of
+from ..functional import gradients_of, kernels
 from ..functional.hessian import LinearChainRecorder, LinearCurvature, output_curvature
+from ..functional.kernels import upgd as upgd_kernel
+from ..functional.kernels.upgd import UPGDKernel
 from ..functional.noise import GaussianNoise
 
 # x ⊙ sigmoid(β v) in one pass (x where β v > c): see `UPGD._apply_gate`
@@ -114,9 +128,15 @@ class UPGDConfig(Config):
     level: Literal["weight", "feature"] = option(
         "weight", "weight: one utility per weight; feature: one per hidden unit, gating its "
         "incoming weights and bias (output layer ungated)")
-    noise: Literal["auto", "exact", "table"] = option(
-        "auto", "exact: a new normal per weight and step (the paper); table: a window of a "
-        "rolling noise table (several times cheaper on a CPU); auto: table on the CPU")
+    noise: Literal["auto", "exact", "counter", "table"] = option(
+        "auto", "exact: a new normal per weight and step from torch's generator (the paper); "
+        "counter: the same, drawn inside the fused CPU kernel by a counter-based generator "
+        "(Threefry2x32-20); table: a window of a rolling noise table; auto: counter where the "
+        "fused kernel runs, "
+        "else table on the CPU and exact elsewhere")
+    fused: bool = option(True, "on the CPU with float32 and level=weight, run the step as one "
+                         "compiled C kernel (lifelong.functional.kernels; same update, "
+                         "2 passes over memory instead of 5); false: always PyTorch operations")
 
     def validate(self) -> None:
         if self.beta_utility >= 1:
@@ -130,7 +150,7 @@ class UPGD(Method):
     description = "utility-gated gradient and noise: protect useful weights, perturb the rest"
     Config = UPGDConfig
     gradient_stage = TRANSFORM
-    state_attrs = ("utility", "utility_origin", "steps", "noise")
+    state_attrs = ("utility", "utility_origin", "steps", "noise", "noise_key")
 
     def __init__(self, config: UPGDConfig | dict | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -139,7 +159,9 @@ class UPGD(Method):
         self.utility: Tensor | None = None  # v, flat: every weight, or every hidden unit
         self.utility_origin = 0
         self.steps = 0  # t: updates seen
-        self.noise: GaussianNoise | None = None  # ξ's source (None when σ = 0)
+        self.noise: GaussianNoise | None = None  # ξ's source (None when σ = 0 or counter)
+        self.noise_key: list[int] | None = None  # counter noise: ξ_t is a function of (key, t)
+        self._kernel: UPGDKernel | None = None
         self._recorder: LinearChainRecorder | None = None
         self._batch: Batch | None = None  # second order: the batch of this step
         self._output: Tensor | None = None
@@ -201,8 +223,22 @@ class UPGD(Method):
                     self._gate_segment.append(k)
         # sigmoid(x) rounds to 1 above this (float32: 17, float64: 37), softplus_backward's cut
         self._saturation = 40.0 if dtype == torch.float64 else 20.0
-        self.noise = (GaussianNoise(self._gated_params, self.generator, cfg.noise)
-                      if cfg.sigma > 0 else None)
+        self._kernel = self._fused_kernel(params)
+        source = cfg.noise
+        if source == "auto" and self._kernel is not None:
+            source = "counter"
+        if source == "counter" and self._kernel is None:
+            raise ConfigError(
+                "upgd noise=counter is drawn inside the fused CPU kernel, which does not run "
+                "here: it needs level=weight, fused=true, float32 parameters on the CPU and a C "
+                f"compiler ({kernels.unavailable('upgd') or 'see lifelong.functional.kernels'}); "
+                "accepted here: noise=auto, exact or table")
+        self._counter = source == "counter" and cfg.sigma > 0
+        if self._counter and self.noise_key is None:
+            self.noise_key = torch.randint(0, 2**32, (2,), generator=self.generator,
+                                           device=self.generator.device).tolist()
+        self.noise = (GaussianNoise(self._gated_params, self.generator, source)
+                      if cfg.sigma > 0 and not self._counter else None)
 
         if cfg.utility == "second":
             self._recorder = LinearChainRecorder(self.model)
@@ -211,6 +247,20 @@ class UPGD(Method):
                 warnings.warn("upgd: the model does not end in a chain of Linear layers, so no "
                               "Hessian diagonal is known: second order acts as first order",
                               stacklevel=3)
+
+    def _fused_kernel(self, params: list[Tensor]) -> UPGDKernel | None:
+        """The compiled step, where it applies (level=weight, float32 CPU tensors)."""
+        if not (self.config.fused and self.config.level == "weight"
+                and upgd_kernel.supports(params)):
+            return None
+        lib = upgd_kernel.library()
+        if lib is None:
+            if kernels.enabled():
+                warnings.warn(f"upgd: the fused CPU kernel is unavailable "
+                              f"({kernels.unavailable('upgd')}); the PyTorch path computes the "
+                              "same update, more slowly at batch size 1", stacklevel=4)
+            return None
+        return UPGDKernel(lib, params, self._utility_views)
 
     def _hidden_layers(self, index: dict[int, int]) -> list[tuple[nn.Linear, int, int | None]]:
         """(layer, index of its weight, index of its bias) of every Linear layer but the output
@@ -237,7 +287,18 @@ class UPGD(Method):
         grads = gradients_of(self.params)
         gated = grads if self._all_gated else [grads[i] for i in self._gated]
         curvature = self._curvature() if self._recorder is not None else {}
-        self._trace_utility(grads, gated, curvature)
+        if self._kernel is not None:  # the same update in two sweeps (kernels/upgd.c)
+            coefficient = self._trace_coefficient()
+            if curvature:
+                self._trace_utility(grads, gated, curvature, coefficient)
+            self._kernel.step(
+                grads, -coefficient, trace=not curvature,
+                sigma=cfg.sigma if self._counter or self.noise is not None else 0.0,
+                protect=cfg.protect, weight_decay=cfg.weight_decay,
+                local=cfg.scaling == "local", step=self.steps, key=self.noise_key or (0, 0),
+                noise=None if self.noise is None else self.noise.sample())
+            return
+        self._trace_utility(grads, gated, curvature, self._trace_coefficient())
         noise = None if self.noise is None else self.noise.sample()  # N(0, 1); ξ = σ·noise
         if cfg.protect:  # (g + ξ)(1 − s)
             if noise is not None:
@@ -290,10 +351,10 @@ class UPGD(Method):
         torch.mul(self.utility, scale, out=self._keep)
         self._keep.sigmoid_().masked_fill_(blocked, 1.0)
 
-    def _trace_utility(self, grads: list[Tensor], gated: list[Tensor],
-                       curvature: dict[nn.Linear, LinearCurvature]) -> None:
-        """ū ← β ū + (1 − β) u, as v ← v + ρ_t (1 − β) u with ρ_t = β^−(t − origin), which keeps
-        ū_t = v β^(t − origin); v is rescaled to ū (origin = t − 1) before ρ_t passes 2⁴⁰."""
+    def _trace_coefficient(self) -> float:
+        """ρ_t (1 − β) for ū ← β ū + (1 − β) u stored as v ← v + ρ_t (1 − β) u, ρ_t =
+        β^−(t − origin), which keeps ū_t = v β^(t − origin); v is rescaled to ū (origin = t − 1)
+        before ρ_t passes 2⁴⁰ (and simply decayed when β is almost 0)."""
         beta = self.config.beta_utility
         if beta < 2.0 ** -20:  # (almost) no memory: decay v directly, v = ū
             if beta == 0:
@@ -303,7 +364,11 @@ class UPGD(Method):
             self.utility_origin = self.steps
         elif beta ** (self.steps - self.utility_origin) < 2.0 ** -40:
             self._rescale(self.steps - 1)
-        coefficient = (1 - beta) / beta ** (self.steps - self.utility_origin)
+        return (1 - beta) / beta ** (self.steps - self.utility_origin)
+
+    def _trace_utility(self, grads: list[Tensor], gated: list[Tensor],
+                       curvature: dict[nn.Linear, LinearCurvature], coefficient: float) -> None:
+        """v ← v + coefficient · u (see `_trace_coefficient`)."""
         if self.config.level == "weight":  # u = −g⊙θ (+ ½ h⊙θ²)
             torch._foreach_addcmul_(self._utility_views, grads, self.params, value=-coefficient)
             if curvature:
