@@ -30,6 +30,7 @@ from lifelong.streaming import Stream, train_stream
 METHODS = {
     "stream naive": ("naive", {}),
     "cbp": ("cbp", {}),
+    "cbp (PyTorch ops)": ("cbp", {"cbp": {"fused": False}}),
     "upgd (first order)": ("upgd", {"upgd": {"utility": "first"}}),
     "upgd (table noise)": ("upgd", {"upgd": {"noise": "table"}}),
     "upgd (σ = 0: no noise)": ("upgd", {"upgd": {"sigma": 0.0}}),

@@ -59,6 +59,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -70,6 +71,9 @@ from ..core.method import Evaluator, Method
 from ..core.registry import register_method
 from ..distributed import all_reduce_mean_, broadcast_generator_, is_distributed
 from ..errors import ConfigError
+from ..functional import kernels
+from ..functional.kernels import cbp as cbp_kernel
+from ..functional.kernels.cbp import ContributionKernel
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
@@ -90,6 +94,9 @@ class CBPConfig(Config):
     init: Literal["default", "kaiming", "xavier"] = option(
         "default", "distribution of re-drawn incoming weights: PyTorch's default for the layer "
         "(U(±1/√fan_in)), kaiming_uniform for ReLU, or xavier_uniform")
+    fused: bool = option(True, "batch size 1, Linear layers, contribution utility, float32 on the "
+                         "CPU: update the statistics in one compiled C call "
+                         "(lifelong.functional.kernels; same numbers); false: PyTorch operations")
 
     def validate(self) -> None:
         if self.decay_rate >= 1:
@@ -283,6 +290,25 @@ class CBP(Method):
         self._out_abs = [torch.empty_like(w) for w in self._out_weights]
         self._in_abs = [torch.empty_like(w) for w in self._in_weights] \
             if cfg.utility == "adaptable" else []
+        self._kernel = self._contribution_kernel()
+
+    def _contribution_kernel(self) -> ContributionKernel | None:
+        """The compiled statistics step, where it applies (see `CBPConfig.fused`)."""
+        cfg = self.config
+        if not (cfg.fused and cfg.utility == "contribution" and not is_distributed()
+                and all(layer.units_last for layer in self.layers)
+                and all(w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2
+                        and w.is_contiguous() for w in self._out_weights)
+                and self._utility.dtype == torch.float32):
+            return None
+        lib = cbp_kernel.library()
+        if lib is None:
+            if kernels.enabled():
+                warnings.warn(f"cbp: the compiled statistics step is unavailable "
+                              f"({kernels.unavailable('cbp')}); the PyTorch path computes the "
+                              "same numbers, more slowly at batch size 1", stacklevel=4)
+            return None
+        return ContributionKernel(lib, self._out_weights, cfg.decay_rate)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -353,17 +379,28 @@ class CBP(Method):
         features = self._features
         if not features or any(h is None for h in features):
             return  # no training forward pass seen yet
-        cfg = self.config
-        eta = cfg.decay_rate
         layers = self.layers
         self._step += 1
         # Every input below is detached: nothing is recorded for autograd.
         distributed = is_distributed()
-        contribution = cfg.utility == "contribution"
         # batch 1 and no positions: the batch means are the features themselves (data-parallel
         # runs take the general path, which keeps each replica's features apart from the mean)
         single = not distributed and all(h.numel() == layer.units
                                           for h, layer in zip(features, layers))
+        if single and self._kernel is not None and self._kernel.usable(features):
+            self._kernel.step(features, [self._batch, self._act, self._out, self._mean,
+                                         self._utility])
+        else:
+            self._update_statistics(features, single, distributed)
+        self._replace_owed()
+
+    def _update_statistics(self, features: list[Tensor], single: bool, distributed: bool) -> None:
+        """This step's batch means, activity, outgoing (and incoming) weight magnitudes, and the
+        running mean and utility, with PyTorch operations."""
+        cfg = self.config
+        eta = cfg.decay_rate
+        layers = self.layers
+        contribution = cfg.utility == "contribution"
         views = None
         if single:
             torch.cat([h.detach().reshape(-1) for h in features], out=self._batch)
@@ -410,6 +447,10 @@ class CBP(Method):
             self._out.div_(self._in.clamp_min_(torch.finfo(self._in.dtype).tiny))
         self._utility.mul_(eta).addcmul_(self._act, self._out, value=1.0 - eta)
 
+    def _replace_owed(self) -> None:
+        """Add ρ · eligible units to each layer's counter and replace the whole units owed."""
+        cfg = self.config
+        layers = self.layers
         m = cfg.maturity_threshold
         for i in range(len(layers)):
             immature = self._immature[i]
