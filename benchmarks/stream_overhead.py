@@ -6,7 +6,9 @@ slow moment of the machine hits all of them alike) and the median is reported:
 
 - `hand-written SGD`: the five-line PyTorch loop, the floor;
 - `stream naive`: lifelong's online loop (online scoring included) with no method;
-- one row per method, through the same loop.
+- one row per method, through the same loop;
+- `upgd optimizer`: the same five-line loop as hand-written SGD with `lifelong.optim.UPGD`
+  in place of `torch.optim.SGD`.
 
     python benchmarks/stream_overhead.py              # table to stdout
     python benchmarks/stream_overhead.py --steps 20000 --repeats 5 --device cuda
@@ -25,6 +27,7 @@ from torch import nn
 from lifelong.core import build_method
 from lifelong.core.batch import Batch
 from lifelong.models import MLP
+from lifelong.optim import UPGD
 from lifelong.streaming import Stream, train_stream
 
 METHODS = {
@@ -50,10 +53,10 @@ def random_stream(steps: int, device: str) -> Stream:
                   lambda t, n: data.select(slice(0, n)))
 
 
-def time_hand_written(steps: int, device: str) -> float:
+def time_hand_written(steps: int, device: str, optimizer_class=torch.optim.SGD) -> float:
     torch.manual_seed(0)
     model = MLP((784,), (100, 100), 10).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    optimizer = optimizer_class(model.parameters(), lr=0.01)
     data = random_stream(steps, device).segment(0).to(device)
     xs, ys = data.x.split(1), data.y.split(1)
     started = time.perf_counter()
@@ -91,10 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     rows = {k: v for k, v in METHODS.items()
             if args.methods is None or k in args.methods.split(",")}
-    times: dict[str, list[float]] = {"hand-written SGD": [], **{k: [] for k in rows}}
+    optimizer_rows = {"upgd optimizer": UPGD}
+    optimizer_rows = {k: v for k, v in optimizer_rows.items()
+                      if args.methods is None or k in args.methods.split(",")}
+    times: dict[str, list[float]] = {"hand-written SGD": [], **{k: [] for k in optimizer_rows},
+                                     **{k: [] for k in rows}}
     time_hand_written(1000, args.device)  # warm-up
     for _ in range(args.repeats):
         times["hand-written SGD"].append(time_hand_written(args.steps, args.device))
+        for label, optimizer_class in optimizer_rows.items():
+            times[label].append(time_hand_written(args.steps, args.device, optimizer_class))
         for label, (spec, params) in rows.items():
             times[label].append(time_method(spec, params, args.steps, args.device))
     base = statistics.median(times["hand-written SGD"])

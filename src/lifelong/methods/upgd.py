@@ -282,6 +282,25 @@ class UPGD(Method):
     # --- the step ------------------------------------------------------------------------------
     @torch.no_grad()
     def transform_grads(self) -> None:
+        self._step(lr=0.0)
+
+    @torch.no_grad()
+    def step_parameters(self, lr: float) -> None:
+        """The whole SGD step θ ← θ − lr·(transformed gradient) in the compiled kernel, without
+        writing the transformed gradient (`lifelong.optim.UPGD` calls this in place of
+        `transform_grads` + SGD). Needs the kernel (`fused_kernel`)."""
+        if self._kernel is None:
+            raise RuntimeError("upgd: step_parameters needs the compiled kernel (fused_kernel)")
+        if not lr > 0:
+            raise ValueError(f"upgd: the learning rate must be > 0, got {lr}")
+        self._step(lr=lr)
+
+    @property
+    def fused_kernel(self) -> bool:
+        """Whether the step runs in the compiled CPU kernel."""
+        return self._kernel is not None
+
+    def _step(self, lr: float) -> None:
         cfg = self.config
         self.steps += 1
         grads = gradients_of(self.params)
@@ -296,7 +315,7 @@ class UPGD(Method):
                 sigma=cfg.sigma if self._counter or self.noise is not None else 0.0,
                 protect=cfg.protect, weight_decay=cfg.weight_decay,
                 local=cfg.scaling == "local", step=self.steps, key=self.noise_key or (0, 0),
-                noise=None if self.noise is None else self.noise.sample())
+                noise=None if self.noise is None else self.noise.sample(), lr=lr)
             return
         self._trace_utility(grads, gated, curvature, self._trace_coefficient())
         noise = None if self.noise is None else self.noise.sample()  # N(0, 1); ξ = σ·noise

@@ -8,6 +8,7 @@
  *   sweep 2, per tensor:  g ← (g + σ ξ) sigmoid(−v / M) + wd θ       (protect)
  *                         g ← g + σ ξ sigmoid(−v / M) + wd θ         (no protect)
  *                         with sigmoid(·) = 1 where M ≤ 0 or M is not finite (the guard),
+ *                         or, as the whole optimizer step, θ ← θ − lr · (that),
  *
  * where ξ is either read from given buffers or drawn here, without touching memory, by a
  * counter-based generator, Threefry2x32-20 (Salmon, Moraes, Dror and Shaw, "Parallel random
@@ -160,44 +161,41 @@ static void trace_max(int n, float *const *g, float *const *p, float **v, const 
   }
 }
 
-/* Sweep 2 for one tensor: gate sigmoid(slope v), or 1 where `open` (the guard); noise ξ = σ·normal
- * read from `xi`, or drawn here when xi is NULL; weight decay. */
-static void gate(float *g, const float *v, const float *p, const float *xi, int64_t k, int open,
-                 float slope, float sigma, int protect, float wd, uint32_t t, uint32_t k0,
-                 uint32_t k1) {
+/* Sweep 2 for one tensor: the transformed gradient d = gate · (g + σξ) + wd θ (protect) or
+ * g + gate · σξ + wd θ, with gate = sigmoid(slope v), or 1 where `open` (the guard); ξ read from
+ * `xi`, or drawn here when xi is NULL. lr = 0: g ← d (a gradient transform); lr > 0: θ ← θ − lr d
+ * (the whole optimizer step; g is left as it was). */
+static void gate(float *g, const float *v, float *p, const float *xi, int64_t k, int open,
+                 float slope, float sigma, int protect, float wd, float lr, uint32_t t,
+                 uint32_t k0, uint32_t k1) {
   float drawn[CHUNK];
   int draw = xi == NULL && sigma != 0.0f;
+  int update = lr != 0.0f;
   if (xi == NULL && !draw) memset(drawn, 0, sizeof drawn);
   for (int64_t base = 0; base < k; base += CHUNK) {
     int64_t len = k - base < CHUNK ? k - base : CHUNK;
-    float *gc = g + base;
-    const float *vc = v + base, *pc = p + base;
+    float *gc = g + base, *pc = p + base;
+    const float *vc = v + base;
     const float *noise = xi ? xi + base : drawn;
     if (draw) normals(drawn, (uint64_t)base, t, k0, k1);
-    if (open) {
-      #pragma omp simd
-      for (int64_t i = 0; i < len; i++) gc[i] = gc[i] + sigma * noise[i] + wd * pc[i];
-    } else if (protect) {
-      #pragma omp simd
-      for (int64_t i = 0; i < len; i++) {
-        float s = 1.0f / (1.0f + exp_f32(-slope * vc[i]));  /* sigmoid(slope v) */
-        gc[i] = (gc[i] + sigma * noise[i]) * s + wd * pc[i];
-      }
-    } else {
-      #pragma omp simd
-      for (int64_t i = 0; i < len; i++) {
-        float s = 1.0f / (1.0f + exp_f32(-slope * vc[i]));
-        gc[i] = gc[i] + sigma * noise[i] * s + wd * pc[i];
-      }
+    #pragma omp simd
+    for (int64_t i = 0; i < len; i++) {
+      float s = open ? 1.0f : 1.0f / (1.0f + exp_f32(-slope * vc[i]));  /* sigmoid(slope v) */
+      float d = protect ? (gc[i] + sigma * noise[i]) * s : gc[i] + sigma * noise[i] * s;
+      d += wd * pc[i];
+      if (update) pc[i] -= lr * d;
+      else gc[i] = d;
     }
   }
 }
 
 /* One step over n tensors: sweep 1 for all, then M (global: the largest; local: per tensor,
- * written to maxima[t]; global also to maxima[n]), then sweep 2. xi: n noise pointers or NULL. */
+ * written to maxima[t]; global also to maxima[n]), then sweep 2. xi: n noise pointers or NULL;
+ * lr: 0 to transform the gradients, > 0 to update the parameters (see `gate`). */
 void upgd_step_f32(int n, float *const *g, float *const *p, float **v, const float *const *xi,
                    const int64_t *size, float c, int trace, float sigma, int protect, float wd,
-                   int local, uint64_t step, uint32_t key0, uint32_t key1, float *maxima) {
+                   int local, float lr, uint64_t step, uint32_t key0, uint32_t key1,
+                   float *maxima) {
   trace_max(n, g, p, v, size, c, trace, maxima);
   float largest = -INFINITY;
   int bad = 0;
@@ -212,6 +210,6 @@ void upgd_step_f32(int n, float *const *g, float *const *p, float **v, const flo
     float m = local ? maxima[t] : maxima[n];
     int open = !(m > 0.0f && isfinite(m));
     gate(g[t], v[t], p[t], xi ? xi[t] : NULL, size[t], open, open ? 0.0f : -1.0f / m, sigma,
-         protect, wd, (uint32_t)t, k0, k1);
+         protect, wd, lr, (uint32_t)t, k0, k1);
   }
 }

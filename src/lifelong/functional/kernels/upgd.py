@@ -16,8 +16,8 @@ def _bind(library: ctypes.CDLL) -> None:
     library.upgd_step_f32.restype = None
     library.upgd_step_f32.argtypes = [
         ctypes.c_int, _P, _P, _P, _P, ctypes.POINTER(ctypes.c_int64), ctypes.c_float, ctypes.c_int,
-        ctypes.c_float, ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_uint64,
-        ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
+        ctypes.c_float, ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_float,
+        ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
     library.normal_f32.restype = None
     library.normal_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32,
                                    ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32]
@@ -59,10 +59,11 @@ class UPGDKernel:
 
     def step(self, grads: list[Tensor], coefficient: float, trace: bool, sigma: float,
              protect: bool, weight_decay: float, local: bool, step: int, key: tuple[int, int],
-             noise: list[Tensor] | None = None) -> None:
-        """v += coefficient·g⊙θ (if `trace`), then g ← the gated, noised, decayed gradient.
-        `noise`: N(0, 1) tensors shaped like the parameters, or None to draw counter-based
-        normals (Threefry2x32-20 of the element, the tensor, the step and `key`)."""
+             noise: list[Tensor] | None = None, lr: float = 0.0) -> None:
+        """v += coefficient·g⊙θ (if `trace`), then g ← the gated, noised, decayed gradient, or,
+        with lr > 0, θ ← θ − lr·(that) (g unchanged). `noise`: N(0, 1) tensors shaped like the
+        parameters, or None to draw counter-based normals (Threefry2x32-20 of the element, the
+        tensor, the step and `key`)."""
         if not supports(grads) or any(g.shape != p.shape
                                       for g, p in zip(grads, self._params_list)):
             raise ValueError("upgd kernel: gradients must be contiguous float32 CPU tensors "
@@ -72,7 +73,7 @@ class UPGDKernel:
         self._grads[:] = [g.data_ptr() for g in grads]
         self._step_f32(self._n, self._grads, self._params, self._utility,
                        self._noise_pointers(noise), self._sizes, coefficient, trace, sigma,
-                       protect, weight_decay, local, step, key[0], key[1], self._maxima)
+                       protect, weight_decay, local, lr, step, key[0], key[1], self._maxima)
 
     def _noise_pointers(self, noise: list[Tensor] | None) -> ctypes.Array | None:
         if noise is None:
