@@ -157,3 +157,29 @@ def test_kernels_can_be_disabled_or_fail_to_build(tmp_path):
     loaded, why = run_load(tmp_path, CC="false")
     assert not loaded and "failed" in why
     assert not (tmp_path / "kernels").exists() or not list((tmp_path / "kernels").iterdir())
+
+
+FALLBACK = """
+import warnings, torch
+from lifelong.methods.upgd import UPGD
+from lifelong.methods.cbp import CBP
+model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    upgd = UPGD().attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    cbp = CBP().attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+model(torch.randn(1, 4)).sum().backward()
+upgd.transform_grads()
+print(upgd._kernel is None, cbp._kernel is None, upgd.noise.source,
+      sum("PyTorch path" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.parametrize("env,warned", [({"CC": "false"}, 2), ({"LIFELONG_NATIVE": "0"}, 0)])
+def test_methods_fall_back_to_pytorch_without_the_kernels(tmp_path, env, warned):
+    """A failed build warns once per method and runs the PyTorch path (table noise on the CPU);
+    LIFELONG_NATIVE=0 does the same silently."""
+    done = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True,
+                          env={**os.environ, "LIFELONG_CACHE_DIR": str(tmp_path), **env},
+                          timeout=120, check=True)
+    assert done.stdout.split() == ["True", "True", "table", str(warned)]

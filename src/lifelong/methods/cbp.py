@@ -59,7 +59,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import warnings
 from typing import Any, Literal
 
 import torch
@@ -303,10 +302,7 @@ class CBP(Method):
             return None
         lib = cbp_kernel.library()
         if lib is None:
-            if kernels.enabled():
-                warnings.warn(f"cbp: the compiled statistics step is unavailable "
-                              f"({kernels.unavailable('cbp')}); the PyTorch path computes the "
-                              "same numbers, more slowly at batch size 1", stacklevel=4)
+            kernels.warn_unavailable("cbp", "cbp")
             return None
         return ContributionKernel(lib, self._out_weights, cfg.decay_rate)
 

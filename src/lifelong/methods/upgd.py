@@ -255,10 +255,7 @@ class UPGD(Method):
             return None
         lib = upgd_kernel.library()
         if lib is None:
-            if kernels.enabled():
-                warnings.warn(f"upgd: the fused CPU kernel is unavailable "
-                              f"({kernels.unavailable('upgd')}); the PyTorch path computes the "
-                              "same update, more slowly at batch size 1", stacklevel=4)
+            kernels.warn_unavailable("upgd", "upgd")
             return None
         return UPGDKernel(lib, params, self._utility_views)
 

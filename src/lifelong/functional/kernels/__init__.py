@@ -23,6 +23,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -114,3 +116,21 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     _why_not.pop(name, None)
     return library
+
+
+def bound(name: str, bind: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+    """`load(name)` with its functions' signatures declared by `bind` (once)."""
+    library = load(name)
+    if library is not None and not getattr(library, "_lifelong_bound", False):
+        bind(library)
+        library._lifelong_bound = True
+    return library
+
+
+def warn_unavailable(owner: str, name: str) -> None:
+    """Tell the user that `owner` runs its PyTorch path because kernel `name` did not build
+    (not when the user turned kernels off)."""
+    if enabled():
+        warnings.warn(f"{owner}: the compiled CPU step ({name}.c) is unavailable "
+                      f"({unavailable(name)}); the PyTorch path computes the same result, more "
+                      "slowly at batch size 1", stacklevel=3)

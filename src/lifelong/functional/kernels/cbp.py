@@ -7,20 +7,20 @@ import ctypes
 import torch
 from torch import Tensor
 
-from . import load
+from . import bound
 
 _P = ctypes.POINTER(ctypes.c_void_p)
 _I64 = ctypes.POINTER(ctypes.c_int64)
 
 
+def _bind(library: ctypes.CDLL) -> None:
+    library.cbp_contribution_f32.restype = None
+    library.cbp_contribution_f32.argtypes = [ctypes.c_int, _P, _P, _I64, _I64, ctypes.c_float] + \
+        [ctypes.c_void_p] * 5
+
+
 def library() -> ctypes.CDLL | None:
-    lib = load("cbp")
-    if lib is not None and not getattr(lib, "_lifelong_bound", False):
-        lib.cbp_contribution_f32.restype = None
-        lib.cbp_contribution_f32.argtypes = [ctypes.c_int, _P, _P, _I64, _I64, ctypes.c_float] + \
-            [ctypes.c_void_p] * 5
-        lib._lifelong_bound = True
-    return lib
+    return bound("cbp", _bind)
 
 
 class ContributionKernel:

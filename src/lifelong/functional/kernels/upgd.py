@@ -7,7 +7,7 @@ import ctypes
 import torch
 from torch import Tensor
 
-from . import load
+from . import bound
 
 _P = ctypes.POINTER(ctypes.c_void_p)
 
@@ -27,11 +27,7 @@ def _bind(library: ctypes.CDLL) -> None:
 
 
 def library() -> ctypes.CDLL | None:
-    lib = load("upgd")
-    if lib is not None and not getattr(lib, "_lifelong_bound", False):
-        _bind(lib)
-        lib._lifelong_bound = True
-    return lib
+    return bound("upgd", _bind)
 
 
 def supports(tensors: list[Tensor]) -> bool:
