@@ -100,11 +100,11 @@ def numpy_statistics(records, eta: float, kind: str):
 @pytest.mark.parametrize("kind", ["contribution", "adaptable"])
 @pytest.mark.parametrize("net,batch", [(mlp, 1), (mlp, 4), (conv_net, 1), (conv_net, 3)])
 def test_statistics_follow_the_recurrence(kind, net, batch, fused) -> None:
-    """Both paths: the compiled step (batch 1, Linear layers, contribution) and PyTorch's."""
+    """Both paths: the compiled step (batch 1, Linear layers) and PyTorch's."""
     model = net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     eta = 0.9
-    kernel = fused and kind == "contribution" and net is mlp
+    kernel = fused and net is mlp
     if kernel:
         require_native("cbp")
     method = CBP(decay_rate=eta, utility=kind, replacement_rate=0.0, fused=fused).attach(
@@ -149,7 +149,9 @@ def test_statistics_follow_the_recurrence(kind, net, batch, fused) -> None:
     assert len(calls) == (6 if kernel and batch == 1 else 0)
 
 
-def test_compiled_and_pytorch_statistics_replace_the_same_units() -> None:
+@pytest.mark.parametrize("kind,eta", [("contribution", 0.99), ("adaptable", 0.9),
+                                      ("adaptable", 0.0)])
+def test_compiled_and_pytorch_statistics_replace_the_same_units(kind, eta) -> None:
     """300 batch-1 steps with frequent replacement: the compiled step and PyTorch's pick the same
     units and end with the same weights and statistics."""
     require_native("cbp")
@@ -157,8 +159,9 @@ def test_compiled_and_pytorch_statistics_replace_the_same_units() -> None:
     for fused in (True, False):
         model = mlp()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-        method = CBP(replacement_rate=0.02, maturity_threshold=10, fused=fused).attach(
-            model, optimizer, seed=3)
+        method = CBP(replacement_rate=0.02, maturity_threshold=10, fused=fused, utility=kind,
+                     decay_rate=eta).attach(model, optimizer, seed=3)
+        assert (method._kernel is not None) == fused
         generator = torch.Generator().manual_seed(2)
         for _ in range(300):
             train_step(model, optimizer, inputs(model, 1, generator),

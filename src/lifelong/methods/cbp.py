@@ -72,7 +72,7 @@ from ..distributed import all_reduce_mean_, broadcast_generator_, is_distributed
 from ..errors import ConfigError
 from ..functional import kernels
 from ..functional.kernels import cbp as cbp_kernel
-from ..functional.kernels.cbp import ContributionKernel
+from ..functional.kernels.cbp import StatisticsKernel
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
@@ -93,9 +93,9 @@ class CBPConfig(Config):
     init: Literal["default", "kaiming", "xavier"] = option(
         "default", "distribution of re-drawn incoming weights: PyTorch's default for the layer "
         "(U(±1/√fan_in)), kaiming_uniform for ReLU, or xavier_uniform")
-    fused: bool = option(True, "batch size 1, Linear layers, contribution utility, float32 on the "
-                         "CPU: update the statistics in one compiled C call "
-                         "(lifelong.functional.kernels; same numbers); false: PyTorch operations")
+    fused: bool = option(True, "batch size 1, Linear layers, float32 on the CPU: update the "
+                         "statistics in one compiled C call (lifelong.functional.kernels; same "
+                         "numbers); false: PyTorch operations")
 
     def validate(self) -> None:
         if self.decay_rate >= 1:
@@ -289,22 +289,24 @@ class CBP(Method):
         self._out_abs = [torch.empty_like(w) for w in self._out_weights]
         self._in_abs = [torch.empty_like(w) for w in self._in_weights] \
             if cfg.utility == "adaptable" else []
-        self._kernel = self._contribution_kernel()
+        self._kernel = self._statistics_kernel()
 
-    def _contribution_kernel(self) -> ContributionKernel | None:
+    def _statistics_kernel(self) -> StatisticsKernel | None:
         """The compiled statistics step, where it applies (see `CBPConfig.fused`)."""
         cfg = self.config
-        if not (cfg.fused and cfg.utility == "contribution" and not is_distributed()
-                and all(layer.units_last for layer in self.layers)
-                and all(w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2
-                        and w.is_contiguous() for w in self._out_weights)
+        in_weights = self._in_weights if cfg.utility == "adaptable" else None
+        if not (cfg.fused and not is_distributed()
+                and all(isinstance(layer.layer, nn.Linear) and layer.units_last
+                        for layer in self.layers)
+                and StatisticsKernel.applies(self._out_weights, in_weights)
                 and self._utility.dtype == torch.float32):
             return None
         lib = cbp_kernel.library()
         if lib is None:
             kernels.warn_unavailable("cbp", "cbp")
             return None
-        return ContributionKernel(lib, self._out_weights, cfg.decay_rate)
+        return StatisticsKernel(lib, self._out_weights, in_weights, cfg.decay_rate,
+                                self._log_decay)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -384,8 +386,8 @@ class CBP(Method):
         single = not distributed and all(h.numel() == layer.units
                                           for h, layer in zip(features, layers))
         if single and self._kernel is not None and self._kernel.usable(features):
-            self._kernel.step(features, [self._batch, self._act, self._out, self._mean,
-                                         self._utility])
+            self._kernel.step(features, [self._age_dev, self._batch, self._act, self._out,
+                                         self._in, self._corrected, self._mean, self._utility])
         else:
             self._update_statistics(features, single, distributed)
         self._replace_owed()
