@@ -46,6 +46,10 @@ Differences from the authors' code (github.com/shibhansh/loss-of-plasticity):
 Ages live on the CPU, so deciding how many units to replace never waits for the accelerator; the
 only device read is the choice of the lowest-utility units when a replacement happens.
 
+At batch size 1 with Linear layers and float32 parameters on the CPU (streaming), the statistics
+above run as one compiled C call (`lifelong/functional/kernels/cbp.c`, option `fused`) instead of
+12-20 PyTorch operations; the tests check it against the PyTorch path unit by unit.
+
 Data parallelism (DDP): each replica sees its own shard of the batch, so the features' batch
 means and activity terms are averaged over the replicas at every step (one collective of two
 numbers per hidden unit; two for the adaptable utility, whose |h − f̂| needs the averaged mean
