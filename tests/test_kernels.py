@@ -175,10 +175,12 @@ print(upgd._kernel is None, cbp._kernel is None, upgd.noise.source,
 """
 
 
-@pytest.mark.parametrize("env,warned", [({"CC": "false"}, 2), ({"LIFELONG_NATIVE": "0"}, 0)])
+@pytest.mark.parametrize("env,warned", [({"CC": "false"}, 2), ({"LIFELONG_NATIVE": "0"}, 0),
+                                        ({"LIFELONG_CACHE_DIR": "/proc/not-writable"}, 2)])
 def test_methods_fall_back_to_pytorch_without_the_kernels(tmp_path, env, warned):
-    """A failed build warns once per method and runs the PyTorch path (table noise on the CPU);
-    LIFELONG_NATIVE=0 does the same silently."""
+    """A failed build (no working compiler, a cache folder that cannot be written) warns once
+    per method and runs the PyTorch path (table noise on the CPU); LIFELONG_NATIVE=0 does the
+    same silently."""
     done = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True,
                           env={**os.environ, "LIFELONG_CACHE_DIR": str(tmp_path), **env},
                           timeout=120, check=True)
