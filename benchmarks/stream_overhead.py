@@ -92,11 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    rows = {k: v for k, v in METHODS.items()
-            if args.methods is None or k in args.methods.split(",")}
-    optimizer_rows = {"upgd optimizer": UPGD}
-    optimizer_rows = {k: v for k, v in optimizer_rows.items()
-                      if args.methods is None or k in args.methods.split(",")}
+    wanted = None if args.methods is None else set(args.methods.split(","))
+    rows = {k: v for k, v in METHODS.items() if wanted is None or k in wanted}
+    optimizer_rows = {k: v for k, v in {"upgd optimizer": UPGD}.items()
+                      if wanted is None or k in wanted}
     times: dict[str, list[float]] = {"hand-written SGD": [], **{k: [] for k in optimizer_rows},
                                      **{k: [] for k in rows}}
     time_hand_written(1000, args.device)  # warm-up

@@ -132,8 +132,7 @@ class UPGDConfig(Config):
         "auto", "exact: a new normal per weight and step from torch's generator (the paper); "
         "counter: the same, drawn inside the fused CPU kernel by a counter-based generator "
         "(Threefry2x32-20); table: a window of a rolling noise table; auto: counter where the "
-        "fused kernel runs, "
-        "else table on the CPU and exact elsewhere")
+        "fused kernel runs, else table on the CPU and exact elsewhere")
     fused: bool = option(True, "on the CPU with float32 and level=weight, run the step as one "
                          "compiled C kernel (lifelong.functional.kernels; same update, "
                          "2 passes over memory instead of 5); false: always PyTorch operations")

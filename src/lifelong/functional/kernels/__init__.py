@@ -28,6 +28,8 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+import torch
+
 FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared")
 NATIVE = "-march=native"  # dropped if the compiler refuses it
 _why_not: dict[str, str] = {}
@@ -116,6 +118,12 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     _why_not.pop(name, None)
     return library
+
+
+def readable(tensors: list) -> bool:
+    """Whether the kernels can read these tensors in place: contiguous float32 on the CPU."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+               for t in tensors)
 
 
 def bound(name: str, bind: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:

@@ -51,13 +51,13 @@ void cbp_statistics_f32(int layers, const float *const *features, const float *c
     }
     if (adaptable) {
       float *age = ages + offset, *c = corrected + offset, *s = in + offset;
-      const float *w = incoming[i];
+      const float *weights_in = incoming[i];
       for (int64_t j = 0; j < n; j++) {
         age[j] += 1.0f;
         c[j] = f[j] / expm1f(age[j] * log_decay);  /* −f̂; η = 0: log_decay = −∞, −f̂ = −f */
         a[j] = absf(h[j] + c[j]);
         float total = 0.0f;
-        const float *row = w + j * fan_in[i];
+        const float *row = weights_in + j * fan_in[i];
         #pragma omp simd reduction(+ : total)
         for (int64_t k = 0; k < fan_in[i]; k++) total += absf(row[k]);
         s[j] = total;

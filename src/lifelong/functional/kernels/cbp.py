@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import ctypes
 
-import torch
 from torch import Tensor
 
-from . import bound
+from . import bound, readable
 
 _P = ctypes.POINTER(ctypes.c_void_p)
 _I64 = ctypes.POINTER(ctypes.c_int64)
@@ -22,11 +21,6 @@ def _bind(library: ctypes.CDLL) -> None:
 
 def library() -> ctypes.CDLL | None:
     return bound("cbp", _bind)
-
-
-def _usable(tensors: list[Tensor]) -> bool:
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
-               for t in tensors)
 
 
 class StatisticsKernel:
@@ -52,14 +46,14 @@ class StatisticsKernel:
         """Whether the weights are ones the kernel reads: 2-D contiguous float32 on the CPU,
         the next layers reading the units on their last axis."""
         weights = next_weights + (in_weights or [])
-        return _usable(weights) and all(w.dim() == 2 for w in weights) and (
+        return readable(weights) and all(w.dim() == 2 for w in weights) and (
             in_weights is None or all(a.shape[0] == b.shape[1]
                                       for a, b in zip(in_weights, next_weights)))
 
     def usable(self, features: list[Tensor]) -> bool:
         """Whether this step's features (and the weights, still) can go through the kernel."""
-        return _usable(features) and all(h.numel() == units for h, units in
-                                         zip(features, self._units)) and _usable(self._weights)
+        return readable(features) and all(h.numel() == units for h, units in
+                                          zip(features, self._units)) and readable(self._weights)
 
     def step(self, features: list[Tensor], buffers: list[Tensor]) -> None:
         """`buffers`: ages, batch, act, out, in, corrected, mean, utility: flat contiguous

@@ -7,7 +7,7 @@ import ctypes
 import torch
 from torch import Tensor
 
-from . import bound
+from . import bound, readable
 
 _P = ctypes.POINTER(ctypes.c_void_p)
 
@@ -32,8 +32,7 @@ def library() -> ctypes.CDLL | None:
 
 def supports(tensors: list[Tensor]) -> bool:
     """Whether the kernel can work on these tensors: contiguous float32 on the CPU."""
-    return bool(tensors) and all(t.device.type == "cpu" and t.dtype == torch.float32
-                                 and t.is_contiguous() for t in tensors)
+    return bool(tensors) and readable(tensors)
 
 
 class UPGDKernel:
