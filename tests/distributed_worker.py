@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
@@ -303,3 +304,10 @@ def worker(rank: int, world: int, init_file: str, out_file: str) -> None:
                 json.dump(results, stream, indent=1)
     finally:
         dist.destroy_process_group()
+    # About one run in five, a replica aborted after this point ("terminate called without an
+    # active exception" while the interpreter tore down threads of the C++ runtime, seen with
+    # and without this project's kernels): the results were complete, but mp.spawn reported a
+    # SIGABRT. A replica that got here has done its work; leave without the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
