@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from lifelong.compare import run_grid
-from lifelong.rundir import atomic_write_text, write_json
+from lifelong.training.rundir import atomic_write_text, write_json
 
 SCENARIOS = ("task", "domain", "class")
 METHODS = ("naive", "joint", "ewc", "si", "lwf", "replay", "agem", "derpp", "spg", "gem", "ncl")

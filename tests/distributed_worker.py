@@ -4,12 +4,12 @@ Every case trains a small model through `DistributedDataParallel` on a two-task 
 each replica on its own half of every batch, with the method attached to the inner module
 (`ddp.module`), as a user's DDP loop would. After each task the replica's parameters and every
 tensor of `method.state_dict()` are hashed, and rank 0 compares the hashes of all replicas (an
-all-gather written here, independent of `lifelong.distributed`). The memories of replay-like
-methods are left out of the comparison: each replica stores samples of its own shard.
+all-gather written here, independent of `lifelong.integrations.distributed`). The memories of
+replay-like methods are left out of the comparison: each replica stores samples of its own shard.
 
-Each case runs twice: as shipped, and with `lifelong.distributed.is_distributed` patched to
-return False in every module that uses it, which turns every reduction and broadcast the methods
-make into a no-op while DDP itself still averages the gradients.
+Each case runs twice: as shipped, and with `lifelong.integrations.distributed.is_distributed`
+patched to return False in every module that uses it, which turns every reduction and broadcast the
+methods make into a no-op while DDP itself still averages the gradients.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from helpers import tiny_mlp, toy_scenario
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-import lifelong.distributed
+import lifelong.integrations.distributed
 from lifelong.core import build_method
 from lifelong.core.batch import Batch, iter_batches
 from lifelong.functional import diagonal_fisher
@@ -193,7 +193,7 @@ def run_case(case: Case, rank: int, world: int) -> dict[str, list[str]]:
 def synchronisation_off() -> Iterator[None]:
     """`is_distributed()` answers False in every module holding it: no reduction, no broadcast
     (DDP itself still averages the gradients)."""
-    original = lifelong.distributed.is_distributed
+    original = lifelong.integrations.distributed.is_distributed
     holders = [m for m in list(sys.modules.values())
                if getattr(m, "is_distributed", None) is original]
     for module in holders:
@@ -245,8 +245,9 @@ def global_statistics(rank: int, world: int) -> dict[str, float]:
 
 
 def helper_checks(rank: int, world: int) -> dict[str, bool]:
-    """`lifelong.distributed`'s collectives on tensors of several dtypes and layouts (tiny buckets
-    force several collectives), the generator broadcast and `same_on_every_replica`."""
+    """`lifelong.integrations.distributed`'s collectives on tensors of several dtypes and layouts
+    (tiny buckets force several collectives), the generator broadcast and
+    `same_on_every_replica`."""
     def matrix(r: int) -> Tensor:
         return torch.arange(12.0).reshape(3, 4) + 10 * r
 
@@ -255,17 +256,17 @@ def helper_checks(rank: int, world: int) -> dict[str, bool]:
 
     expected = sum(matrix(r) for r in range(world))
     summed, averaged, largest = values(), values(), values()
-    original = lifelong.distributed._BUCKET_BYTES
-    lifelong.distributed._BUCKET_BYTES = 40  # about one tensor per bucket
+    original = lifelong.integrations.distributed._BUCKET_BYTES
+    lifelong.integrations.distributed._BUCKET_BYTES = 40  # about one tensor per bucket
     try:
-        lifelong.distributed.all_reduce_sum_(summed)
-        lifelong.distributed.all_reduce_mean_(averaged[:3])
-        lifelong.distributed.all_reduce_max_(largest)
+        lifelong.integrations.distributed.all_reduce_sum_(summed)
+        lifelong.integrations.distributed.all_reduce_mean_(averaged[:3])
+        lifelong.integrations.distributed.all_reduce_max_(largest)
     finally:
-        lifelong.distributed._BUCKET_BYTES = original
-    total = lifelong.distributed.all_reduce_sum_and_count_([torch.zeros(2)], 5 + rank)
+        lifelong.integrations.distributed._BUCKET_BYTES = original
+    total = lifelong.integrations.distributed.all_reduce_sum_and_count_([torch.zeros(2)], 5 + rank)
     generator = torch.Generator().manual_seed(rank)
-    lifelong.distributed.broadcast_generator_(generator)
+    lifelong.integrations.distributed.broadcast_generator_(generator)
     draws = torch.rand(4, generator=generator)
     return {
         "sum": torch.equal(summed[0], expected) and torch.equal(summed[1], expected.double())
@@ -276,9 +277,10 @@ def helper_checks(rank: int, world: int) -> dict[str, bool]:
         "max": torch.equal(largest[0], matrix(world - 1)) and int(largest[3]) == 2 + world,
         "count": float(total) == sum(5 + r for r in range(world)),
         "generator": torch.equal(draws, torch.rand(4, generator=torch.Generator().manual_seed(0))),
-        "same detects a difference": not lifelong.distributed.same_on_every_replica(
+        "same detects a difference": not lifelong.integrations.distributed.same_on_every_replica(
             torch.tensor([float(rank)])),
-        "same accepts equal tensors": lifelong.distributed.same_on_every_replica(torch.ones(3)),
+        "same accepts equal tensors":
+            lifelong.integrations.distributed.same_on_every_replica(torch.ones(3)),
     }
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lifelong.core.batch import Batch
-from lifelong.diagnostics import (
+from lifelong.metrics.diagnostics import (
     dead_fraction,
     diagnose,
     effective_rank,

@@ -7,9 +7,9 @@ must agree. One spawn runs every case of `distributed_worker.CASES` twice:
 
 - as shipped: after each task, every parameter and every tensor of `method.state_dict()` (the
   per-replica memories of replay-like methods aside) is bit-identical on both replicas;
-- with the reductions and broadcasts of `lifelong.distributed` turned off: the methods that need
-  them end with different weights on the two replicas (so each reduction is needed and the check
-  above can fail), and the others stay identical (so they indeed need none);
+- with the reductions and broadcasts of `lifelong.integrations.distributed` turned off: the methods
+  that need them end with different weights on the two replicas (so each reduction is needed and the
+  check above can fail), and the others stay identical (so they indeed need none);
 - statistics over unevenly split samples (Fisher, KFAC, A-GEM's reference gradient, NCL's N) equal
   those of one process on all the samples.
 
@@ -26,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 from distributed_worker import CASES, worker
 
-import lifelong.distributed
+import lifelong.integrations.distributed
 from lifelong.core import list_methods
 
 WORLD = 2
@@ -89,12 +89,12 @@ def test_collective_helpers_across_replicas(results: dict) -> None:
 
 def test_helpers_are_no_ops_in_one_process() -> None:
     x = torch.arange(3.0)
-    lifelong.distributed.all_reduce_mean_([x])
-    lifelong.distributed.all_reduce_sum_([x])
+    lifelong.integrations.distributed.all_reduce_mean_([x])
+    lifelong.integrations.distributed.all_reduce_sum_([x])
     assert torch.equal(x, torch.arange(3.0))
-    assert float(lifelong.distributed.all_reduce_sum_and_count_([x], 5)) == 5.0
-    assert lifelong.distributed.all_reduce_count(7) == 7
+    assert float(lifelong.integrations.distributed.all_reduce_sum_and_count_([x], 5)) == 5.0
+    assert lifelong.integrations.distributed.all_reduce_count(7) == 7
     generator = torch.Generator().manual_seed(3)
     state = generator.get_state()
-    lifelong.distributed.broadcast_generator_(generator)
+    lifelong.integrations.distributed.broadcast_generator_(generator)
     assert torch.equal(generator.get_state(), state)

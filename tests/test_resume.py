@@ -1,5 +1,5 @@
 """Checkpoints and resume: a run interrupted at any point and resumed ends with exactly the
-accuracy matrix of an uninterrupted run (lifelong.checkpoint)."""
+accuracy matrix of an uninterrupted run (lifelong.training.checkpoint)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import lifelong.experiment as experiment
-from lifelong.checkpoint import CHECKPOINT
 from lifelong.errors import ConfigError
 from lifelong.experiment import RunConfig, resume_experiment, run_experiment
+from lifelong.training.checkpoint import CHECKPOINT
 
 FAST = {"benchmark": "split-digits", "iterations": 30, "batch_size": 32, "device": "cpu"}
 

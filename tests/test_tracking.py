@@ -13,8 +13,8 @@ import pytest
 
 from lifelong.cli import main
 from lifelong.errors import ConfigError
-from lifelong.rundir import RunDir
-from lifelong.tracking import MetricMapper, build_trackers, parse_trackers
+from lifelong.integrations.tracking import MetricMapper, build_trackers, parse_trackers
+from lifelong.training.rundir import RunDir
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")

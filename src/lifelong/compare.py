@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .checkpoint import CHECKPOINT
 from .errors import ConfigError
 from .metrics import seed_stats
-from .rundir import write_json
+from .training.checkpoint import CHECKPOINT
+from .training.rundir import write_json
 
 SUMMARY_KEYS = ("acc", "bwt", "fwt", "forgetting", "seconds")
 
@@ -162,9 +162,9 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     (sample std over seeds) per method and point.
 
     `backend`: `local` (processes on this machine, `jobs` at once) or `ray` (tasks on the Ray
-    cluster at `address`, or a local Ray instance; `lifelong.sweep_ray`). `resume=True` keeps the
-    finished runs whose folder holds the same configuration and continues the unfinished ones
-    from their checkpoints (local backend)."""
+    cluster at `address`, or a local Ray instance; `lifelong.integrations.sweep_ray`).
+    `resume=True` keeps the finished runs whose folder holds the same configuration and continues
+    the unfinished ones from their checkpoints (local backend)."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend must be local or ray, got '{backend}'")
     plan = plan_grid(settings, methods, seeds, set_pairs, grid)
@@ -178,7 +178,7 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     to_run = [((v.label, s), config) for v, s, config in plan if (v.label, s) not in summaries]
     continued = {key: resume and resumable(directories[key], config) for key, config in to_run}
     if backend == "ray":
-        from .sweep_ray import run_on_ray
+        from .integrations.sweep_ray import run_on_ray
 
         summaries.update(run_on_ray(to_run, directories, address, progress))
     elif jobs == 1:

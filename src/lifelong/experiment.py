@@ -21,20 +21,20 @@ import torch
 import yaml
 
 from ._version import __version__
-from .checkpoint import CHECKPOINT, RunProgress, load_checkpoint, save_checkpoint
 from .core.compose import build_method, check_compatible, method_settings, parse_method_spec
 from .core.config import Config, option
 from .core.method import Method
-from .diagnostics import diagnose
 from .errors import ConfigError
+from .integrations.tracking import build_trackers, parse_trackers
 from .metrics import summarize
+from .metrics.diagnostics import diagnose
 from .models import build_model
-from .rundir import RunDir, jsonable
 from .scenarios import Scenario, get_benchmark
-from .tracking import build_trackers, parse_trackers
+from .training.checkpoint import CHECKPOINT, RunProgress, load_checkpoint, save_checkpoint
 from .training.evaluate import evaluate
 from .training.loop import count_steps, train_task
 from .training.progress import Progress
+from .training.rundir import RunDir, jsonable
 
 
 @dataclasses.dataclass
@@ -128,7 +128,7 @@ class RunResult:
     metrics: dict[str, float | None]
     task_seconds: list[float]
     method_reports: list[dict[str, float]]  # per task: what the method measured (report hook)
-    diagnostics: list[dict[str, Any]]  # per task, with --diagnostics (lifelong.diagnostics)
+    diagnostics: list[dict[str, Any]]  # per task, with --diagnostics (lifelong.metrics.diagnostics)
     seconds: float
     peak_memory_mb: float
     device: str
@@ -237,7 +237,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
 
     `resume=True` continues the run in `out_dir` from its last checkpoint (from the start when a
     kill came before the first one): the result equals an uninterrupted run's
-    (`lifelong.checkpoint`)."""
+    (`lifelong.training.checkpoint`)."""
     cfg, method = prepare(config)
     if resume and out_dir is None:
         raise ConfigError("resuming needs the run's folder")

@@ -3,7 +3,7 @@
 Evaluation uses BatchNorm's running statistics, so a method's extra passes (Fisher, importance,
 reference gradients, teachers) must not move them, and must use the statistics their definition
 asks for (eval mode for the model as evaluated, batch statistics for the model as trained); see
-`lifelong.core.batchnorm`. Checked here on tiny models with BatchNorm1d and BatchNorm2d:
+`lifelong.core.probe`. Checked here on tiny models with BatchNorm1d and BatchNorm2d:
 
 - every registered method: a training step moves the running statistics exactly once (DER: once
   more per memory term, as documented), and before_task / after_task leave them alone;
@@ -31,18 +31,18 @@ import lifelong.methods.agem as agem_module
 import lifelong.methods.gem as gem_module
 from lifelong.core import build_method, get_method_class, list_methods
 from lifelong.core.batch import Batch
-from lifelong.core.batchnorm import (
+from lifelong.core.copy import frozen_copy
+from lifelong.core.probe import (
     RunningStats,
-    frozen_running_stats,
-    in_auxiliary_pass,
+    is_probing,
     load_running_stats,
+    probe,
     save_running_stats,
     training_mode,
 )
-from lifelong.core.copy import frozen_copy
-from lifelong.diagnostics import diagnose
 from lifelong.functional.kfac import kfac_fisher
 from lifelong.methods import AGEM, CBP, EWC, GEM, MAS, SPG, Lottery, LwF
+from lifelong.metrics.diagnostics import diagnose
 from lifelong.models import build_model
 from lifelong.training.loop import train_task
 
@@ -57,7 +57,7 @@ SETTINGS = {
     "lottery": {"round_steps": 10_000},  # no pruning round here: a rewind restores statistics
 }
 # Methods that need a transformer (DAS) cannot run on these BatchNorm networks; transformers
-# have no running statistics (DAS's own passes still run inside frozen_running_stats).
+# have no running statistics (DAS's own passes still run inside probe()).
 METHODS = sorted(n for n in list_methods() if not get_method_class(n).needs_transformer)
 # Training passes per optimizer step once the memory holds samples (documented in der.py).
 PASSES = {"der": 2, "derpp": 3}
@@ -390,10 +390,10 @@ def test_cbp_features_come_from_the_training_pass_not_from_probe_passes() -> Non
     model.train()
     model(x)
     recorded = list(cbp._features)
-    with frozen_running_stats(model):
-        assert in_auxiliary_pass()
+    with probe(model, None):
+        assert is_probing()
         model(x[:3])
-    assert not in_auxiliary_pass()
+    assert not is_probing()
     assert all(a is b for a, b in zip(cbp._features, recorded))
     cbp.detach()
 
@@ -481,20 +481,20 @@ def test_diagnostics_leave_statistics_and_modes_alone() -> None:
     assert model.training and not model.conv[1].training
 
 
-def test_frozen_running_stats_restores_after_train_passes_and_errors() -> None:
+def test_probe_restores_running_stats_after_train_passes_and_errors() -> None:
     model = bn_cnn()
     x = data((1, 10, 10), count=6).x
     warm_up(model, x)
     before = buffers(model)
-    with frozen_running_stats(model):
+    with probe(model, None):
         model(x + 5)
         assert tracked(model) == int(before["conv.1.num_batches_tracked"]) + 1
     assert_buffers(model, before)
-    with pytest.raises(RuntimeError), frozen_running_stats(model):
+    with pytest.raises(RuntimeError), probe(model, None):
         model(x - 5)
         raise RuntimeError("inside")
     assert_buffers(model, before)
-    assert not in_auxiliary_pass()
+    assert not is_probing()
 
 
 def test_running_stats_follow_buffers_that_were_replaced() -> None:

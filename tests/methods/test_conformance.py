@@ -162,8 +162,9 @@ def test_state_dict_round_trip_continues_identically(name: str) -> None:
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)  # no pickled code in a method's state
 
-    # the order of lifelong.checkpoint.load_checkpoint: attach first (LoRA methods add adapters
-    # to the model and parameter groups to the optimizer), then load model, optimizer, method
+    # the order of lifelong.training.checkpoint.load_checkpoint: attach first (LoRA methods add
+    # adapters to the model and parameter groups to the optimizer), then load model, optimizer,
+    # method
     scenario2, model2, optimizer2, method2 = setup(name, seed=1)
     method2.attach(model2, optimizer2, scenario2.readout, seed=123)
     model2.load_state_dict(saved["model"])

@@ -11,13 +11,13 @@ import pytest
 import torch
 from helpers import tiny_mlp, toy_scenario, train_tasks
 
-from lifelong.checkpoint import RunProgress, load_checkpoint, save_checkpoint
 from lifelong.core import Batch, build_method, list_methods, parse_method_spec
 from lifelong.core.readout import Readout
 from lifelong.core.registry import list_aliases
 from lifelong.errors import ConfigError
 from lifelong.methods import IncLoRA, LoRA, OLoRA
 from lifelong.models.hf import build_hf_model
+from lifelong.training.checkpoint import RunProgress, load_checkpoint, save_checkpoint
 from lifelong.training.loop import train_task
 
 

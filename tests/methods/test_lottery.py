@@ -1,4 +1,4 @@
-"""lifelong.prune and the lottery method against independent computations."""
+"""lifelong.functional.prune and the lottery method against independent computations."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from helpers import blobs, tiny_mlp, toy_scenario, train_tasks
 
 from lifelong.core import check_compatible
 from lifelong.errors import ConfigError
-from lifelong.methods import Lottery
-from lifelong.prune import (
+from lifelong.functional.prune import (
     apply_masks_,
     global_magnitude_masks,
     iterative_magnitude_pruning,
@@ -21,6 +20,7 @@ from lifelong.prune import (
     prunable_parameters,
     sparsity,
 )
+from lifelong.methods import Lottery
 
 
 def remaining_after(n: int, rounds: int, fraction: float = 0.2) -> int:
@@ -30,7 +30,7 @@ def remaining_after(n: int, rounds: int, fraction: float = 0.2) -> int:
     return n
 
 
-# --- lifelong.prune ----------------------------------------------------------------------------
+# --- lifelong.functional.prune --------------------------------------------------------------------
 def test_prunable_parameters_are_linear_and_conv_weights_only() -> None:
     shared = torch.nn.Linear(6, 6)
     model = torch.nn.Sequential(

@@ -10,8 +10,8 @@ from helpers import tiny_mlp, toy_scenario
 
 from lifelong.core import Batch
 from lifelong.functional import project_away_from_conflict_
-from lifelong.memory import ClassBalancedMemory, ReservoirMemory
 from lifelong.methods import AGEM, Joint, Replay
+from lifelong.methods.memory import ClassBalancedMemory, ReservoirMemory
 
 
 def reference_reservoir(stream: list[int], capacity: int, draws: list[float]) -> list[int]:

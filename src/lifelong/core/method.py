@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .batch import Batch, BatchLike, as_batch, iter_batches
-from .batchnorm import RunningStats
 from .config import Config
+from .probe import RunningStats, probe
 from .readout import SCENARIOS, Readout
 
 HOOKS = ("before_task", "training_data", "prepare_batch", "penalty", "transform_grads",
@@ -218,8 +218,8 @@ class Method:
 
         A probe, not training (A-GEM's and GEM's reference gradients): the model stays in the
         training step's mode, so BatchNorm normalises with the batch's statistics as for g, and
-        its running statistics are put back afterwards (`lifelong.core.batchnorm`)."""
-        with torch.enable_grad(), self._probe_stats.frozen():
+        its running statistics are put back afterwards (`lifelong.core.probe`)."""
+        with torch.enable_grad(), probe(self.model, None, stats=self._probe_stats):
             found = torch.autograd.grad(self.task_loss(batch), params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, found)]
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batch import IGNORE, Batch
-from ..core.batchnorm import training_mode
+from ..core.probe import probe
 from ..errors import ConfigError
 from .per_sample import per_sample_gradient_mean
 
@@ -74,7 +74,7 @@ def diagonal_fisher(
 @torch.no_grad()
 def _with_sampled_labels(model: nn.Module, batch: Batch, readout: Readout,
                          generator: torch.Generator | None) -> Batch:
-    with training_mode(model, False):
+    with probe(model):
         probs = torch.softmax(readout(model(batch.x), batch.task_ids), dim=-1)
     if probs.dim() == 3:  # a token drawn at every target position of a sequence
         drawn = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(batch.y.shape)

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Flatten, nn.Dropout)
+from ..models.introspection import trailing_linear_chain
+
 CURVED = (nn.Tanh, nn.Sigmoid)  # σ'' ≠ 0: the recursion needs per-sample gradients
 
 
@@ -46,23 +47,6 @@ class LinearCurvature:
     weight: Tensor
     bias: Tensor | None
     unit: Tensor | None
-
-
-def linear_chain(model: nn.Module) -> list[nn.Module]:
-    """The longest run of leaf modules ending the model that is Linear/elementwise only, from its
-    first Linear to the last leaf, which must be a Linear; [] if the model does not end so."""
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    chain: list[nn.Module] = []
-    for module in reversed(leaves):
-        if not isinstance(module, (nn.Linear, *ELEMENTWISE)):
-            break
-        chain.append(module)
-    chain.reverse()
-    while chain and not isinstance(chain[0], nn.Linear):
-        chain.pop(0)
-    if not chain or not isinstance(chain[-1], nn.Linear):
-        return []
-    return chain
 
 
 def output_curvature(
@@ -132,7 +116,7 @@ class LinearChainRecorder:
 
     def __init__(self, model: nn.Module, history: int = 4) -> None:
         self.model = model
-        self.chain = linear_chain(model)
+        self.chain = trailing_linear_chain(model)
         self.linears = [m for m in self.chain if isinstance(m, nn.Linear)]
         self.curved = any(isinstance(m, CURVED) for m in self.chain)
         self.passes: deque[tuple[Tensor, dict[nn.Module, tuple[Tensor, Tensor]]]] = deque(

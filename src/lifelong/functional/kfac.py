@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batch import Batch
-from ..core.batchnorm import training_mode
-from ..distributed import all_reduce_sum_and_count_
+from ..core.probe import probe
+from ..integrations.distributed import all_reduce_sum_and_count_
 
 FisherKind = Literal["empirical", "true", "sampled"]
 Readout = Callable[[Tensor, Tensor | None], Tensor]
@@ -121,7 +121,7 @@ def kfac_fisher(
     sums_g = [None] * len(layers)
     samples = 0
     try:
-        with training_mode(model, False):
+        with probe(model):
             for batch in batches:
                 with torch.enable_grad():
                     log_p = F.log_softmax(readout(model(batch.x), batch.task_ids), dim=-1)

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..core.batch import Batch
-from ..core.batchnorm import training_mode
-from ..distributed import all_reduce_sum_and_count_
+from ..core.probe import probe
+from ..integrations.distributed import all_reduce_sum_and_count_
 
 Readout = Callable[[Tensor, Tensor | None], Tensor]
 Terms = Callable[[Tensor, Batch], list[tuple[Tensor, Tensor | None]]]
@@ -53,7 +53,7 @@ def per_sample_gradient_mean(
     """See the module docstring. Evaluated in eval mode: dropout off, BatchNorm normalising with
     its running statistics, which stay as they are (the model as it is evaluated)."""
     batches = list(batches)
-    with training_mode(model, False):
+    with probe(model):
         result = None
         if implementation == "auto":
             result = _linear(model, batches, readout, terms, statistic)

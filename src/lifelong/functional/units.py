@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models.introspection import is_conv1d
 
 UnitKind = Literal["head", "intermediate", "output"]
 
@@ -74,11 +75,6 @@ class UnitGroup:
 
 def _is_linear(module: Any) -> bool:
     return isinstance(module, nn.Linear)
-
-
-def _is_conv1d(module: Any) -> bool:
-    """transformers' GPT-2 `Conv1D` (a Linear with the weight stored [in, out])."""
-    return type(module).__name__ == "Conv1D" and isinstance(module, nn.Module)
 
 
 def _owner(count: int, width: int) -> Tensor:
@@ -142,7 +138,7 @@ def _attention(path: str, module: nn.Module, config: Any, layer: int) -> UnitGro
         return UnitGroup("head", layer, heads, module.o_proj, True, dim, tuple(slices),
                          f"{path}.o_proj")
     c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
-    if _is_conv1d(c_attn) and _is_conv1d(c_proj) and not hasattr(module, "q_attn"):
+    if is_conv1d(c_attn) and is_conv1d(c_proj) and not hasattr(module, "q_attn"):
         hidden = c_attn.weight.shape[1] // 3
         heads, dim = _heads(module, config, hidden, path)
         owner = _owner(heads, dim).repeat(3)  # columns: q | k | v, each [heads × head_dim]
@@ -162,7 +158,7 @@ def _ffn(path: str, module: nn.Module, layer: int) -> list[UnitGroup]:
     elif all(_is_linear(getattr(module, n, None)) for n in ("gate_proj", "up_proj", "down_proj")):
         ups, down, down_path = [module.gate_proj, module.up_proj], module.down_proj, \
             f"{path}.down_proj"
-    elif _is_conv1d(getattr(module, "c_fc", None)) and _is_conv1d(getattr(module, "c_proj", None)):
+    elif is_conv1d(getattr(module, "c_fc", None)) and is_conv1d(getattr(module, "c_proj", None)):
         fc, proj = module.c_fc, module.c_proj  # Conv1D: weight [in, out]
         inner, hidden = fc.weight.shape[1], proj.weight.shape[1]
         owner, out_owner = _owner(inner, 1), _owner(hidden, 1)

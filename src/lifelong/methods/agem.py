@@ -28,9 +28,9 @@ from torch import Tensor
 from ..core.batch import Batch
 from ..core.config import option
 from ..core.registry import register_method
-from ..distributed import all_reduce_sum_and_count_, is_distributed
 from ..functional import project_away_from_conflict_
-from ..memory import MemoryConfig, MemoryMethod
+from ..integrations.distributed import all_reduce_sum_and_count_, is_distributed
+from .memory import MemoryConfig, MemoryMethod
 
 
 @dataclasses.dataclass

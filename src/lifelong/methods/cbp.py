@@ -30,7 +30,7 @@ between the two layers is reset (weight 1, bias 0, running mean 0, running varia
 The features come from a forward pre-hook on each next layer that keeps a reference to its input
 in training mode only (evaluation passes are ignored, and so are other methods' probe passes that
 leave the norm statistics alone, such as A-GEM's reference gradient: see
-`lifelong.core.batchnorm`; of several training passes before a step, the last counts). A next
+`lifelong.core.probe`; of several training passes before a step, the last counts). A next
 layer without bias gets no correction.
 
 Differences from the authors' code (github.com/shibhansh/loss-of-plasticity):
@@ -68,15 +68,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..core.batchnorm import in_auxiliary_pass
 from ..core.config import Config, option
 from ..core.method import Evaluator, Method
+from ..core.probe import is_probing
 from ..core.registry import register_method
-from ..distributed import all_reduce_mean_, broadcast_generator_, is_distributed
 from ..errors import ConfigError
 from ..functional import kernels
 from ..functional.kernels import cbp as cbp_kernel
 from ..functional.kernels.cbp import StatisticsKernel
+from ..integrations.distributed import all_reduce_mean_, broadcast_generator_, is_distributed
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
@@ -324,7 +324,7 @@ class CBP(Method):
         features = self._features
 
         def record(module: nn.Module, args: tuple) -> None:
-            if module.training and args and not in_auxiliary_pass():
+            if module.training and args and not is_probing():
                 features[i] = args[0]  # a reference; detached when used
         return record
 

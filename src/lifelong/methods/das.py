@@ -46,14 +46,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batch import Batch, BatchLike
-from ..core.batchnorm import frozen_running_stats, training_mode
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
+from ..core.probe import probe
 from ..core.registry import register_method
-from ..distributed import all_reduce_max_, all_reduce_sum_
 from ..errors import ConfigError
 from ..functional.units import find_units, gated, keep_factors
-from .spg import output_layer
+from ..integrations.distributed import all_reduce_max_, all_reduce_sum_
+from ..models.introspection import output_layer
 
 
 @dataclasses.dataclass
@@ -271,7 +271,7 @@ class DAS(Method):
         gates = [torch.ones(g.size, device=self.device, requires_grad=True) for g in self.groups]
         sums = [torch.zeros(g.size, device=self.device) for g in self.groups]
         largest = torch.zeros((), device=self.device)
-        with training_mode(self.model, True), frozen_running_stats(self.model), \
+        with probe(self.model, True), \
                 gated(self.groups, gates):
             for batch in self.batches(data, cfg.importance_batch_size,
                                       limit=cfg.importance_samples):

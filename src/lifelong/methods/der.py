@@ -25,7 +25,7 @@ from ..core.batch import Batch
 from ..core.config import option
 from ..core.registry import register_method
 from ..errors import ConfigError
-from ..memory import MemoryConfig, MemoryMethod
+from .memory import MemoryConfig, MemoryMethod
 
 
 @dataclasses.dataclass

@@ -33,8 +33,8 @@ from ..core.batch import Batch, BatchLike, whole
 from ..core.config import Config, option
 from ..core.method import Method
 from ..core.registry import register_method
-from ..distributed import all_reduce_sum_, is_distributed
 from ..functional.projection import solve_gem_dual
+from ..integrations.distributed import all_reduce_sum_, is_distributed
 
 
 @dataclasses.dataclass

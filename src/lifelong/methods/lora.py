@@ -36,6 +36,12 @@ from ..core.config import Config, option
 from ..core.method import Method
 from ..core.registry import register_alias, register_method
 from ..errors import ConfigError
+from ..models.introspection import (
+    find_output_layer,
+    is_language_model_head,
+    is_linear_like,
+    linear_features,
+)
 
 ADAPTER = "adapter{}"  # name of the k-th adapter; its keys: `<layer>.lora_A.adapter<k>.weight`
 _ADAPTER_KEY = re.compile(r"\.lora_A\.adapter(\d+)\.weight$")
@@ -65,41 +71,10 @@ class LoRAConfig(Config):
                               "accepted: >= 0 and < 1")
 
 
-def is_linear(module: nn.Module) -> bool:
-    """nn.Linear, or transformers' Conv1D (GPT-2's projections, weight [in, out])."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(in, out) features of a Linear or Conv1D layer."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    return module.weight.shape[0], module.weight.shape[1]
-
-
-def find_head(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The output layer: the model's `head` (lifelong's models, HFCausalLM's LM head), else its
-    last Linear layer; None for a model without one."""
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Module):
-        return next((n, m) for n, m in model.named_modules() if m is head)
-    linears = [(n, m) for n, m in model.named_modules() if is_linear(m)]
-    return linears[-1] if linears else None
-
-
-def is_language_model_head(model: nn.Module, head: nn.Module) -> bool:
-    """Whether `head` is a Hugging Face model's output embeddings (a pretrained LM head)."""
-    for module in model.modules():
-        get = getattr(module, "get_output_embeddings", None)
-        if callable(get) and module is not model and get() is head:
-            return True
-    return False
-
-
 def resolve_targets(model: nn.Module, names: list[str], head: str | None, rank: int) -> list[str]:
     """Full names of the layers to adapt; a ConfigError names any entry that matches no Linear
     layer (listing those that exist), the head, or a layer narrower than the rank."""
-    linears = {n: m for n, m in model.named_modules() if is_linear(m) and n != head}
+    linears = {n: m for n, m in model.named_modules() if is_linear_like(m) and n != head}
     if not names:
         chosen = list(linears)
     else:
@@ -116,7 +91,7 @@ def resolve_targets(model: nn.Module, names: list[str], head: str | None, rank: 
     if not chosen:
         raise ConfigError("lora found no Linear layer to adapt besides the output layer")
     for name in chosen:
-        fan_in, fan_out = linear_shape(linears[name])
+        fan_in, fan_out = linear_features(linears[name])
         if rank > min(fan_in, fan_out):
             raise ConfigError(f"lora.r: rank {rank} exceeds min(in, out) = {min(fan_in, fan_out)} "
                               f"of layer '{name}'; choose r <= {min(fan_in, fan_out)}")
@@ -153,7 +128,7 @@ class LoRAMethod(Method):
             raise ConfigError(f"{self.name}: the model already holds peft adapters (an earlier "
                               "attach?); attach to a fresh model and load the state into it")
         cfg = self.config
-        found = find_head(self.model)
+        found = find_output_layer(self.model)
         self.head_name, head = found if found is not None else (None, None)
         train = cfg.head == "train" or (cfg.head == "auto" and head is not None
                                          and not is_language_model_head(self.model, head))

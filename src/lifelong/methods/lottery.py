@@ -11,7 +11,8 @@ While task t trains:
   step and its value restored exactly after it (momentum, Adam's moments or weight decay would
   otherwise still move it);
 - every `round_steps` steps (at most `rounds` times), `fraction` of the task's remaining free
-  weights is pruned by |w|, globally across layers (`lifelong.prune.global_magnitude_masks`);
+  weights is pruned by |w|, globally across layers
+  (`lifelong.functional.prune.global_magnitude_masks`);
   the pruned ones are zeroed and kept at zero, and every free entry that survives (weights and
   biases alike) is rewound to its value at the task's start (θ₀, `rewind_step=0`) or after
   `rewind_step` steps of the task (Frankle et al. 2020). A rewind restarts the training, so the
@@ -23,9 +24,9 @@ While task t trains:
 
 At the task's end the surviving, used free weights become task t's ticket. The pruned ones stay
 at zero and free. Only `nn.Linear` / `nn.ConvNd` weights are pruned
-(`lifelong.prune.prunable_parameters`); every other parameter (biases, normalisation layers) is
-claimed whole by the first task that uses it and frozen afterwards, as PackNet does with its
-biases: a shared layer's biases belong to the first task, while the biases of a later task's
+(`lifelong.functional.prune.prunable_parameters`); every other parameter (biases, normalisation
+layers) is claimed whole by the first task that uses it and frozen afterwards, as PackNet does with
+its biases: a shared layer's biases belong to the first task, while the biases of a later task's
 own head units stay free until that task trains them.
 
 Evaluating task t (`evaluation_task(t)`) zeroes every entry not owned by a task ≤ t (later
@@ -37,7 +38,7 @@ keep moving with every later task. So (`task_norm_stats`, on by default) the met
 task's running statistics as they were at the task's end and `evaluation_task(t)` evaluates with
 task t's (a few numbers per channel per task); the current ones are back after the evaluation.
 A rewind puts the running statistics back to the rewind point too, as rewinding a whole model's
-state (`lifelong.prune.iterative_magnitude_pruning`) does.
+state (`lifelong.functional.prune.iterative_magnitude_pruning`) does.
 
 Tasks must come in increasing order (a task may be trained again, as long as no later one has
 been). Each task needs more than `rounds × round_steps` optimizer steps to do every round and
@@ -58,12 +59,12 @@ import torch
 from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
-from ..core.batchnorm import load_running_stats, save_running_stats
 from ..core.config import Config, option
 from ..core.method import Evaluator, Method
+from ..core.probe import load_running_stats, save_running_stats
 from ..core.registry import register_method
 from ..errors import ConfigError
-from ..prune import global_magnitude_masks, prunable_parameters
+from ..functional.prune import global_magnitude_masks, prunable_parameters
 
 FREE = -1  # owner of an entry no task has claimed
 _MAX_TASKS = torch.iinfo(torch.int16).max
@@ -118,7 +119,7 @@ class Lottery(Method):
         self.steps = 0  # optimizer steps in the current task
         self.rounds_done = 0  # pruning rounds in the current task
         self.tickets: dict[int, dict[str, float]] = {}  # per task: what report() returns
-        # BatchNorm running statistics (`lifelong.core.batchnorm`): per task at its end, and at
+        # BatchNorm running statistics (`lifelong.core.probe`): per task at its end, and at
         # the rewind point; empty lists for a model without them
         self.norm_stats: dict[int, list[Tensor]] = {}
         self.anchor_norm_stats: list[Tensor] | None = None

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from fractions import Fraction
@@ -52,8 +51,9 @@ from torch import Tensor, nn
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
-from ..distributed import all_reduce_sum_
 from ..errors import ConfigError
+from ..integrations.distributed import all_reduce_sum_
+from ..models.introspection import find_output_layer, is_conv1d
 
 ROWS, COLUMNS, VECTOR = 0, 1, 2  # how a parameter's output dimension is laid out
 
@@ -84,12 +84,6 @@ class _Unit:
     size: int  # output dimensions
 
 
-def _conv1d_class() -> type | None:
-    """transformers' Conv1D, if transformers is loaded (a model holding one has loaded it)."""
-    module = sys.modules.get("transformers.pytorch_utils")
-    return getattr(module, "Conv1D", None)
-
-
 def _trainable(pairs: list[tuple[Tensor | None, int]]) -> list[tuple[Tensor, int]]:
     return [(p, kind) for p, kind in pairs if p is not None and p.requires_grad]
 
@@ -97,7 +91,6 @@ def _trainable(pairs: list[tuple[Tensor | None, int]]) -> list[tuple[Tensor, int
 def find_units(model: nn.Module, skip: set[int]) -> list[_Unit]:
     """Every linear layer with trainable parameters; LoRA's B matrices go with their layer's total
     output. Modules whose id is in `skip` (the head) are left out."""
-    conv1d = _conv1d_class()
     lora_b: dict[int, nn.Module] = {}  # id(lora_B linear) -> the LoRA layer holding it
     units: list[_Unit] = []
     for module in model.modules():
@@ -116,7 +109,7 @@ def find_units(model: nn.Module, skip: set[int]) -> list[_Unit]:
         if isinstance(module, nn.Linear):
             params = _trainable([(module.weight, ROWS), (module.bias, VECTOR)])
             size = module.out_features
-        elif conv1d is not None and isinstance(module, conv1d):  # weight [in, out]
+        elif is_conv1d(module):  # weight [in, out]
             params = _trainable([(module.weight, COLUMNS), (module.bias, VECTOR)])
             size = module.weight.shape[1]
         else:
@@ -124,21 +117,6 @@ def find_units(model: nn.Module, skip: set[int]) -> list[_Unit]:
         if params:
             units.append(_Unit(module, params, size))
     return units
-
-
-def output_module(model: nn.Module) -> nn.Module | None:
-    """The model's output layer: `head`, else the Hugging Face output embeddings, else the last
-    linear layer."""
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Module):
-        return head
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if isinstance(head, nn.Module):
-        return head
-    linear = (nn.Linear,) + tuple(c for c in (_conv1d_class(),) if c is not None)
-    layers = [m for m in model.modules() if isinstance(m, linear)]
-    return layers[-1] if layers else None
 
 
 def _transformed(tensor: Tensor) -> bool:
@@ -191,7 +169,8 @@ class MIGU(Method):
     def build(self) -> None:
         """Find the layers and parameters to mask; (re)make the magnitude buffers and hooks when
         they changed."""
-        head = None if self.config.mask_head else output_module(self.model)
+        found = None if self.config.mask_head else find_output_layer(self.model)
+        head = None if found is None else found[1]
         skip = set() if head is None else {id(m) for m in head.modules()}
         units = find_units(self.model, skip)
         if not units:

@@ -42,7 +42,6 @@ from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
-from ..distributed import all_reduce_count
 from ..errors import ConfigError
 from ..functional import diagonal_fisher, gradients_of
 from ..functional.kfac import (
@@ -54,6 +53,7 @@ from ..functional.kfac import (
     split_weight_matrix,
     weight_matrix,
 )
+from ..integrations.distributed import all_reduce_count
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """Experience replay (ER): every batch is the new batch plus an equal-sized batch from memory.
 
 The memory is a reservoir (task-free: updated with every new batch) or class-balanced (filled at
-the end of each task); see `lifelong.memory`.
+the end of each task); see `lifelong.methods.memory`.
 
 `weighting="uniform"` averages the loss over all samples of the combined batch (new and replayed
 count the same); `weighting="tasks"` weighs the new batch's mean loss by 1/t and the replayed
@@ -19,7 +19,7 @@ import torch
 from ..core.batch import Batch
 from ..core.config import option
 from ..core.registry import register_method
-from ..memory import MemoryConfig, MemoryMethod
+from .memory import MemoryConfig, MemoryMethod
 
 
 @dataclasses.dataclass

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from ..core.config import Config, option
 from ..core.method import Method
 from ..core.registry import register_method
-from ..distributed import broadcast_generator_
 from ..functional.noise import GaussianNoise
+from ..integrations.distributed import broadcast_generator_
 
 
 @dataclasses.dataclass

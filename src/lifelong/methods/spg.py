@@ -36,16 +36,17 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
-from ..core.batchnorm import frozen_running_stats, training_mode
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
+from ..core.probe import probe
 from ..core.registry import register_method
-from ..distributed import all_reduce_sum_
 from ..errors import ConfigError
 from ..functional import gradients_of
+from ..integrations.distributed import all_reduce_sum_
+from ..models.introspection import output_layer
 
 
 @dataclasses.dataclass
@@ -58,23 +59,6 @@ class SPGConfig(Config):
         None, "samples of the task used for the importance (None: all)", low=1)
     importance_batch_size: int = option(128, "mini-batch size for the importance gradients",
                                         low=1)
-
-
-def output_layer(model: nn.Module, name: str = "auto") -> tuple[str, nn.Module]:
-    """The layer that holds the output units: `name`, the model's `head`, or its last Linear."""
-    modules = dict(model.named_modules())
-    if name != "auto":
-        if name not in modules:
-            raise ConfigError(f"the model has no module '{name}'; its modules are: "
-                              f"{', '.join(n for n in modules if n)}")
-        return name, modules[name]
-    if isinstance(getattr(model, "head", None), nn.Module):
-        return "head", model.head
-    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError("cannot find the output layer (no `head` module, no nn.Linear); "
-                          "name it with head=...")
-    return linears[-1]
 
 
 def tanh_zscore(gradient: Tensor) -> Tensor:
@@ -178,7 +162,7 @@ class SPG(Method):
         sums = [[torch.zeros_like(p) for p in self.shared] for _ in range(1 + len(older))]
         # train mode, dropout on, as in the paper (BatchNorm normalises with each batch's own
         # statistics, as in training); the running statistics are put back afterwards
-        with training_mode(self.model, True), frozen_running_stats(self.model):
+        with probe(self.model, True):
             for batch in self.batches(data, cfg.importance_batch_size,
                                       limit=cfg.importance_samples):
                 with torch.enable_grad():

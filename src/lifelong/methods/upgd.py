@@ -100,13 +100,13 @@ from ..core.batch import Batch
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
 from ..core.registry import register_method
-from ..distributed import all_reduce_mean_, broadcast_generator_
 from ..errors import ConfigError
 from ..functional import gradients_of, kernels
 from ..functional.hessian import LinearChainRecorder, LinearCurvature, output_curvature
 from ..functional.kernels import upgd as upgd_kernel
 from ..functional.kernels.upgd import UPGDKernel
 from ..functional.noise import GaussianNoise
+from ..integrations.distributed import all_reduce_mean_, broadcast_generator_
 
 # x ⊙ sigmoid(β v) in one pass (x where β v > c): see `UPGD._apply_gate`
 _times_sigmoid = torch.ops.aten.softplus_backward.grad_input

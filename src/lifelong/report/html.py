@@ -25,7 +25,7 @@ import yaml
 
 from .._version import __version__
 from ..metrics import seed_stats
-from ..rundir import atomic_write_bytes, atomic_write_text
+from ..training.rundir import atomic_write_bytes, atomic_write_text
 from . import figures
 from .data import Report, ReportError, Run, as_array, load_report, mean_std, numeric_keys
 
@@ -317,7 +317,7 @@ def _diagnostics_section(page: _Page, report: Report) -> None:
         panels, xlabel, integer_x=not stream), "Measured on a probe set of the current task "
         + ("at each diagnosis" if stream else "after each task")
         + (" (mean over seeds, band ± std)" if seeds else "") + ". Definitions: "
-        "lifelong.diagnostics (Dohare et al. 2024; Elsayed & Mahmood 2024).")])
+        "lifelong.metrics.diagnostics (Dohare et al. 2024; Elsayed & Mahmood 2024).")])
     last = []
     for method in report.methods:
         final = {title: lines[method][1][0][-1] for title, lines in panels.items()

@@ -17,13 +17,13 @@ from .._version import __version__
 from ..core.compose import build_method, check_compatible, method_settings, parse_method_spec
 from ..core.config import Config, option
 from ..core.method import Method
-from ..diagnostics import diagnose
 from ..errors import ConfigError
 from ..experiment import _peak_memory_mb, make_optimizer, resolve_device, seed_everything
+from ..integrations.tracking import build_trackers, parse_trackers
+from ..metrics.diagnostics import diagnose
 from ..models import build_model
-from ..rundir import RunDir
-from ..tracking import build_trackers, parse_trackers
 from ..training.progress import Progress
+from ..training.rundir import RunDir
 from .benchmarks import get_stream_benchmark
 from .trainer import StreamBin, train_stream
 

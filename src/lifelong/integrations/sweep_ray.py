@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .rundir import atomic_write_bytes
+from ..errors import ConfigError
+from ..training.rundir import atomic_write_bytes
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 
@@ -29,7 +29,7 @@ def _train_remotely(config: dict[str, Any]) -> dict[str, Any]:
     """Runs on a Ray worker: the run in a temporary folder; its files and summary back."""
     import torch
 
-    from .experiment import RunConfig, run_experiment
+    from ..experiment import RunConfig, run_experiment
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="lifelong-ray-") as folder:

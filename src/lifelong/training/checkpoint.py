@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .rundir import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"

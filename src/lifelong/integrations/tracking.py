@@ -40,7 +40,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # name -> the module its extra provides
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}

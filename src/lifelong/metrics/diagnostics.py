@@ -32,9 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .core.batch import Batch
-from .core.batchnorm import training_mode
-from .core.readout import Readout
+from ..core.batch import Batch
+from ..core.probe import probe as measuring
+from ..core.readout import Readout
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 RANK_THRESHOLD = 0.99
@@ -59,7 +59,7 @@ def hidden_representations(model: nn.Module, x: Tensor, batch_size: int = 1000
 
     handles = [m.register_forward_pre_hook(recorder(n)) for n, m in layers]
     try:
-        with training_mode(model, False):
+        with measuring(model):
             for start in range(0, len(x), batch_size):
                 model(x[start:start + batch_size])
     finally:
@@ -118,7 +118,7 @@ LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]  # (output, y, task
 def gradient_magnitude(model: nn.Module, loss_fn: LossFn, probe: Batch) -> float:
     """Mean |∂L/∂w| over the weights of all Linear/Conv layers, on the probe batch."""
     weights = [m.weight for _, m in weight_layers(model)]
-    with training_mode(model, False), torch.enable_grad():
+    with measuring(model), torch.enable_grad():
         grads = torch.autograd.grad(loss_fn(model(probe.x), probe.y, probe.task_ids),
                                     weights, allow_unused=True)
     total = sum(float(g.abs().sum()) for g in grads if g is not None)
@@ -149,7 +149,7 @@ def plasticity(model: nn.Module, loss_fn: LossFn, probe: Batch, lr: float, *, ch
         after = sample_loss({n: params[n] - lr * g[n] for n in params}, x, y, t)
         return torch.clamp(1 - after / torch.clamp(before, min=eps), min=0)
 
-    with training_mode(model, False):
+    with measuring(model):
         values = [vmap(ratio)(probe.x[s:s + chunk], probe.y[s:s + chunk],
                               task_ids[s:s + chunk]) for s in range(0, len(probe), chunk)]
     return float(torch.cat(values).mean())

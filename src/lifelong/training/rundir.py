@@ -4,9 +4,9 @@ Whole files are written to a temporary file in the same folder and renamed into 
 (`os.replace` is atomic), so a reader never sees half a file; metrics.jsonl is appended one flushed
 line at a time.
 
-Optional trackers (`lifelong.tracking`: TensorBoard, MLflow) get every record `log` writes and the
-summary; the metrics.jsonl line is always written first, and a tracker that fails is dropped with
-a warning, so it can neither lose a line nor stop the run.
+Optional trackers (`lifelong.integrations.tracking`: TensorBoard, MLflow) get every record `log`
+writes and the summary; the metrics.jsonl line is always written first, and a tracker that fails is
+dropped with a warning, so it can neither lose a line nor stop the run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .tracking import MetricMapper, Tracker
+from ..integrations.tracking import MetricMapper, Tracker
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -78,9 +78,9 @@ class RunDir:
                  truncate_at: int | None = None, trackers: Sequence[Tracker] = ()) -> None:
         """`append=True` continues metrics.jsonl; `truncate_at` first cuts it to that many bytes
         (a resumed run drops the lines of the task it repeats). `trackers` (started, see
-        `lifelong.tracking.build_trackers`) get every record and the summary; `write_summary`
-        ends them; `close` while an exception propagates, or the exit of the process before the
-        summary, ends them as failed."""
+        `lifelong.integrations.tracking.build_trackers`) get every record and the summary;
+        `write_summary` ends them; `close` while an exception propagates, or the exit of the process
+        before the summary, ends them as failed."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         metrics = self.path / "metrics.jsonl"

@@ -20,7 +20,7 @@ The pieces, usable one by one:
 
 With your own loop::
 
-    from lifelong.prune import iterative_magnitude_pruning
+    from lifelong.functional.prune import iterative_magnitude_pruning
 
     def train(model, round, on_step):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # fresh per round

@@ -13,10 +13,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from .core.batch import Batch, BatchLike, whole
-from .core.config import Config, option
-from .core.method import Method
-from .errors import ConfigError
+from ..core.batch import Batch, BatchLike, whole
+from ..core.config import Config, option
+from ..core.method import Method
+from ..errors import ConfigError
 
 
 class Memory:
