@@ -20,6 +20,8 @@ class Example(Config):
     count: int | None = option(None, "how many", low=1)
     mode: Literal["a", "b"] = option("a", "which")
     flag: bool = option(False, "on or off")
+    decay: float = option(0.5, "in [0, 1)", low=0, high=1, high_open=True)
+    removed = {"fused": "the compiled kernels are gone; drop the key"}
     sizes: tuple[int, ...] = option((1, 2), "widths", low=1)
 
 
@@ -40,11 +42,17 @@ def test_strings_from_the_command_line_are_coerced() -> None:
     ({"flag": "maybe"}, r"expected true or false"),
     ({"lambda": "big"}, r"expected a number"),
     ({"sizes": "4,0"}, r"out of range"),
+    ({"decay": 1}, r"example.decay: 1.0 is out of range; accepted: >= 0 and < 1"),
+    ({"fused": True}, r"^example.fused was removed: the compiled kernels are gone; drop the key$"),
     ({"lamda": 1}, r"unknown key 'lamda' for example; accepted keys: lambda, rate, count"),
 ])
 def test_bad_values_name_the_key_and_what_is_accepted(values, message) -> None:
     with pytest.raises(ConfigError, match=message):
         Example.from_dict(values)
+
+
+def test_an_open_upper_bound_accepts_values_below_it() -> None:
+    assert Example.from_dict({"decay": 0.999}).decay == 0.999
 
 
 def test_round_trip_and_describe() -> None:

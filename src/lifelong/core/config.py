@@ -29,14 +29,16 @@ def option(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    high_open: bool = False,
     choices: Sequence[Any] | None = None,
 ) -> Any:
     """Declare a config field with help text and an accepted range.
 
-    `low`/`high` bound numbers (inclusive; `low_open=True` makes the lower bound exclusive);
-    `choices` restricts to a set of values (a `Literal[...]` type does the same).
+    `low`/`high` bound numbers (inclusive; `low_open=True` / `high_open=True` make a bound
+    exclusive); `choices` restricts to a set of values (a `Literal[...]` type does the same).
     """
-    metadata = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices}
+    metadata = {"help": help, "low": low, "high": high, "low_open": low_open,
+                "high_open": high_open, "choices": choices}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -52,6 +54,8 @@ class Config:
     """Base class of all configs: validation, dict round-trip, string parsing, help."""
 
     _owner: ClassVar[str] = "config"  # shown in messages, e.g. "ewc"
+    # keys of options that no longer exist -> what replaced them (a config naming one is refused)
+    removed: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -79,6 +83,8 @@ class Config:
         by_key.update({f.name: f.name for f in dataclasses.fields(cls)})
         kwargs = {}
         for key, value in (values or {}).items():
+            if key in cls.removed:
+                raise ConfigError(f"{cls._owner}.{key} was removed: {cls.removed[key]}")
             if key not in by_key:
                 accepted = ", ".join(cls.keys()) or "(none)"
                 raise ConfigError(
@@ -214,9 +220,9 @@ def _check_bounds(owner: str, field: dataclasses.Field, value: Any) -> None:
         if not isinstance(item, (int, float)) or isinstance(item, bool):
             continue
         too_low = low is not None and (item <= low if meta.get("low_open") else item < low)
-        too_high = high is not None and item > high
+        too_high = high is not None and (item >= high if meta.get("high_open") else item > high)
         if too_low or too_high:
             lower = "" if low is None else (f"> {low}" if meta.get("low_open") else f">= {low}")
-            upper = "" if high is None else f"<= {high}"
+            upper = "" if high is None else (f"< {high}" if meta.get("high_open") else f"<= {high}")
             accepted = " and ".join(part for part in (lower, upper) if part)
             raise ConfigError(f"{name}: {item!r} is out of range; accepted: {accepted}")
