@@ -9,8 +9,10 @@ so the importance passes do not change how the model is evaluated):
 - for every older task k < t, the gradient of the plain *sum of logits* of head k (no labels:
   how much the old heads' outputs move with the parameter);
 - each gradient tensor (weights and biases separately) becomes γ = |tanh(z-score(g))|, the z-score
-  taken within the tensor; the task's mask is the element-wise max over heads, and the running
-  importance a ← max(a, m_t) keeps the largest value any task gave.
+  taken within the tensor, its std with Bessel's correction as in the authors' code
+  (`lifelong.functional.importance.tanh_zscore`, shared with DAS); the task's mask is the
+  element-wise max over heads, and the running importance a ← max(a, m_t) keeps the largest
+  value any task gave.
 
 While a later task trains, each shared parameter's gradient is multiplied by (1 − a), and the
 output layer's by the scalar 1 − mean(a) over all shared parameters. The first task is unmasked.
@@ -45,6 +47,7 @@ from ..core.probe import probe
 from ..core.registry import register_method
 from ..errors import ConfigError
 from ..functional import gradients_of
+from ..functional.importance import tanh_zscore
 from ..integrations.distributed import all_reduce_sum_
 from ..models.introspection import output_layer
 
@@ -59,15 +62,6 @@ class SPGConfig(Config):
         None, "samples of the task used for the importance (None: all)", low=1)
     importance_batch_size: int = option(128, "mini-batch size for the importance gradients",
                                         low=1)
-
-
-def tanh_zscore(gradient: Tensor) -> Tensor:
-    """|tanh((g − mean g) / std g)| within one tensor; zeros where g is constant."""
-    centred = gradient - gradient.mean()
-    std = centred.square().mean().sqrt()
-    if std == 0 or not torch.isfinite(std):
-        return torch.zeros_like(gradient)
-    return torch.tanh(centred / std).abs()
 
 
 @register_method
