@@ -53,7 +53,7 @@ class LoRAConfig(Config):
     alpha: float = option(32.0, "scaling α: an adapter adds (α/r)·B·A·x (O-LoRA: 32)",
                           low=0, low_open=True)
     dropout: float = option(0.0, "dropout on an adapter's input, drawn from torch's global "
-                            "generator (O-LoRA's scripts: 0.1)", low=0)
+                            "generator (O-LoRA's scripts: 0.1)", low=0, high=1, high_open=True)
     target_modules: list[str] = option(
         [], "layers that get adapters: full module names or their last parts (query, v_proj); "
         "empty: every Linear layer except the output layer")
@@ -64,11 +64,6 @@ class LoRAConfig(Config):
         "auto", "the output layer: auto trains a classification head (new, random) and freezes "
         "a language model's head (pretrained, as in O-LoRA and MIGU; training it also trains "
         "the input embeddings when the two are tied, as in GPT-2)")
-
-    def validate(self) -> None:
-        if self.dropout >= 1:
-            raise ConfigError(f"{self._owner}.dropout: {self.dropout} is out of range; "
-                              "accepted: >= 0 and < 1")
 
 
 def resolve_targets(model: nn.Module, names: list[str], head: str | None, rank: int) -> list[str]:

@@ -61,18 +61,13 @@ ROWS, COLUMNS, VECTOR = 0, 1, 2  # how a parameter's output dimension is laid ou
 @dataclasses.dataclass
 class MIGUConfig(Config):
     threshold: float = option(0.7, "T: per layer, output dimensions whose magnitude is below "
-                              "the T-quantile get no gradient (only the top 1 − T learn); "
-                              "0 <= T < 1", low=0)
+                              "the T-quantile get no gradient (only the top 1 − T learn, so "
+                              "T < 1)", low=0, high=1, high_open=True)
     mask_first_task: bool = option(
         True, "mask the first task too (paper); false: train it unmasked as the authors' "
         "scripts do (needs task boundaries)")
     mask_head: bool = option(True, "mask the output layer (`head` / the LM head) too, as the "
                              "authors' code masks every nn.Linear; false leaves it unmasked")
-
-    def validate(self) -> None:
-        if self.threshold >= 1:
-            raise ConfigError(f"migu.threshold: {self.threshold!r} is out of range; accepted: "
-                              ">= 0 and < 1 (the share of output dimensions left unchanged)")
 
 
 @dataclasses.dataclass
