@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import tiny_mlp, toy_scenario
 
 from lifelong.core import build_method, check_compatible
+from lifelong.core.probe import probe as measuring
 from lifelong.errors import ConfigError
 from lifelong.methods import MIGU
 from lifelong.models.hf import build_hf_model
@@ -245,7 +246,8 @@ def test_probes_and_evaluation_passes_do_not_count() -> None:
 
     def probe_in_step(*args) -> None:
         if in_step_probe:
-            model(probe).sum()
+            with measuring(model, None):  # in the training step's mode, as loss_gradients
+                model(probe).sum()
     optimizer.register_step_pre_hook(probe_in_step)
     method = MIGU().attach(model, optimizer, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
@@ -262,9 +264,10 @@ def test_probes_and_evaluation_passes_do_not_count() -> None:
     with torch.inference_mode():
         model(probe)
     params = {k: v.detach() for k, v in model.named_parameters()}
-    torch.func.vmap(torch.func.grad(  # per-sample gradients in training mode
-        lambda p, s: torch.func.functional_call(model, p, (s[None],)).sum()),
-        in_dims=(None, 0))(params, probe)
+    with measuring(model, True):  # per-sample gradients in training mode
+        torch.func.vmap(torch.func.grad(
+            lambda p, s: torch.func.functional_call(model, p, (s[None],)).sum()),
+            in_dims=(None, 0))(params, probe)
     for got, want in zip(method.magnitudes, counted):
         assert torch.equal(got, want)
 

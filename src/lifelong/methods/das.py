@@ -143,10 +143,7 @@ class DAS(Method):
 
     def on_attach(self) -> None:
         self.groups = find_units(self.model)
-        trainable = {id(p) for p in self.params}
-        if not any(id(s.param) in trainable for g in self.groups for s in g.slices):
-            raise ConfigError("das masks the gradients of the attention and FFN weights, but "
-                              "none of them is trainable")
+        self._check_trainable()
         self.output_module: nn.Module | None = None
         if self.config.general == "proxy_kl" or self.config.contrastive > 0:
             self.output_module = output_layer(self.model, self.config.head)[1]
@@ -160,6 +157,16 @@ class DAS(Method):
 
     def on_detach(self) -> None:
         self._seen_x = self._seen = None
+
+    def _check_trainable(self) -> None:
+        trainable = {id(p) for p in self.params}
+        if not any(id(s.param) in trainable for g in self.groups for s in g.slices):
+            raise ConfigError("das masks the gradients of the attention and FFN weights, but "
+                              "none of them is trainable")
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        self._check_trainable()
+        self._factors_of = None  # the factors' passes follow the trainable parameters
 
     # --- training ------------------------------------------------------------------------------
     def before_task(self, task: int) -> None:

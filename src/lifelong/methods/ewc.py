@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method
+from ..core.method import OBJECTIVE, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, diagonal_fisher, quadratic_value
 
@@ -66,6 +66,13 @@ class EWC(Method):
         self.weighted_anchor: list[Tensor] | None = None  # P∘μ (separate: Σ_k F_k θ*_k)
         self.constant = 0.0  # c: makes the penalty's value exact, not only its gradient
         self.tasks_seen = 0
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        # a parameter that joins training (a new LoRA adapter) has no Fisher yet: no penalty
+        self.precision = carry_over(self.precision, before, self.params, torch.zeros_like)
+        self.anchor = carry_over(self.anchor, before, self.params, copy_of)
+        self.weighted_anchor = carry_over(self.weighted_anchor, before, self.params,
+                                          torch.zeros_like)
 
     def transform_grads(self) -> None:
         if self.precision is not None:

@@ -12,6 +12,8 @@ is trained; a language model's head is pretrained and stays frozen, as in O-LoRA
 the adapter's parameters are added to the optimizer as a new parameter group (the optimizer was
 built before, on the model's parameters; the frozen ones get no gradient and so no update).
 `lora` trains this one adapter on every task in turn. `inc-lora` and `o-lora` add one per task.
+In a composition (`lora+migu`, `inc-lora+ewc`), the other methods hear of each change of the
+trainable parameters and follow it (`Method.parameters_changed`, called by the composite).
 
 Checkpoints: the adapters are part of the model (its `state_dict()` holds them) and of the
 method's state. A resumed run builds a fresh model, attaches the method (one adapter), then loads
@@ -187,9 +189,7 @@ class LoRAMethod(Method):
             p.requires_grad_(train)
             if not train:
                 p.grad = None
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.param_names = [n for n, _ in named]
-        self.params = [p for _, p in named]
+        self.parameters_changed()
 
     def adapters_changed(self) -> None:
         """Called after adapters were added or loaded (caches of subclasses)."""

@@ -148,6 +148,15 @@ class Lottery(Method):
     def on_detach(self) -> None:
         self.evaluation_task(None)
 
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        # a frozen adapter would leave the ownership table, and evaluating an older task would
+        # no longer zero the entries later tasks own
+        raise ConfigError("lottery keeps each entry's owning task for the parameters it found "
+                          "at attach and cannot follow a change of the trainable parameters "
+                          "(lora attached after it, or inc-lora's and o-lora's adapter per "
+                          "task); attach lottery after lora (lora+lottery), and not with "
+                          "inc-lora or o-lora")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._refresh()

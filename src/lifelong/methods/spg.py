@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import TRANSFORM, Method
+from ..core.method import TRANSFORM, Method, carry_over
 from ..core.probe import probe
 from ..core.registry import register_method
 from ..errors import ConfigError
@@ -79,8 +79,13 @@ class SPG(Method):
 
     def on_attach(self) -> None:
         _, layer = output_layer(self.model, self.config.head)
-        head_ids = {id(p) for p in layer.parameters()}
-        self.is_head = [id(p) in head_ids for p in self.params]
+        self._head_ids = {id(p) for p in layer.parameters()}
+        self._split()
+        self._scales: tuple[list[Tensor], float] = ([], 1.0)
+
+    def _split(self) -> None:
+        """The trainable parameters into shared ones and the output layer's (the heads)."""
+        self.is_head = [id(p) in self._head_ids for p in self.params]
         if all(self.is_head) or not any(self.is_head):
             raise ConfigError("spg needs shared layers and an output layer among the trainable "
                               "parameters; name the output layer with head=...")
@@ -89,7 +94,12 @@ class SPG(Method):
         self._before_shared: list[Tensor] | None = None  # step mask: θ before the step
         self._before_heads: list[Tensor] | None = None
         self._scales_of: list[Tensor] | None = None  # the importance _scales was computed for
-        self._scales: tuple[list[Tensor], float] = ([], 1.0)
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        shared = self.shared
+        self._split()
+        # a shared parameter that joins training (a new LoRA adapter) matters to no past task
+        self.importance = carry_over(self.importance, shared, self.shared, torch.zeros_like)
 
     # --- training: scale gradients (or steps) ------------------------------------------------
     def head_scale(self) -> float:
