@@ -26,7 +26,9 @@ so an impossible combination is refused before training: a class attribute gives
 the default config, and a capability that depends on the config is computed by `capabilities()`,
 which sets it on the object whenever the config is set (replay with `weighting=tasks` needs task
 boundaries). A method keeps its state in `state_attrs` so that `state_dict()` /
-`load_state_dict()` round-trip without pickling code.
+`load_state_dict()` round-trip without pickling code. When the trainable parameters change (a
+LoRA method adds adapters), `parameters_changed()` re-reads them and the method's
+`on_parameters_changed` carries its per-parameter state over.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ Both are one quadratic P (θ − μ)² (+ a constant): online, P = F and μ = θ
 P = Σ_k F_k, μ = Σ_k F_k θ*_k / P and c = Σ_k F_k θ*_k² − P μ², exact in value and gradient with
 two stored copies of the weights whatever the number of tasks. The penalty's gradient
 λ·(P∘θ − P∘μ) is added at the optimizer step, like `weight_decay` (see
-`lifelong.functional.quadratic`); `penalty_value()` gives its value.
+`lifelong.functional.quadratic`); `penalty_value()` gives its value. When the trainable
+parameters change (`inc-lora+ewc`: a new adapter per task, the previous one frozen), a parameter
+that joins has no Fisher yet (no penalty) and one that is frozen leaves the penalty: it can no
+longer move, so its term would be a constant.
 
 The Fisher is that of the model as it is evaluated: eval mode, dropout off, BatchNorm on its
 running statistics, which the Fisher's passes leave unchanged. Under data parallelism it is the
