@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from helpers import tiny_mlp, toy_scenario
 
 from lifelong.core import Batch
+from lifelong.core.probe import is_probing
 from lifelong.methods import L2, LwF
 
 
@@ -109,6 +110,17 @@ def test_lwf_teacher_has_no_grad_and_no_hooks_of_the_student() -> None:
     calls.clear()
     method.teacher(torch.randn(2, 8))
     assert calls == []  # the copy does not fire the original's hooks
+
+
+def test_lwf_teacher_pass_is_a_probe() -> None:
+    model = tiny_mlp()
+    method = LwF().attach(model, None, seed=0)
+    method.before_task(1)
+    probing = []
+    method.teacher.register_forward_hook(lambda *a: probing.append(is_probing()))
+    x = torch.randn(3, 8)
+    method.penalty(Batch(x, torch.zeros(3, dtype=torch.long)), model(x))
+    assert probing == [True]  # methods watching training passes (MIGU, CBP) ignore it
 
 
 def test_distillation_fast_path_equals_padded_path() -> None:

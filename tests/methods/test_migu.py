@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from helpers import tiny_mlp, toy_scenario
 
-from lifelong.core import build_method, check_compatible
+from lifelong.core import Batch, build_method, check_compatible
+from lifelong.core.probe import probe as measuring
 from lifelong.errors import ConfigError
 from lifelong.methods import MIGU
 from lifelong.models.hf import build_hf_model
@@ -245,7 +246,8 @@ def test_probes_and_evaluation_passes_do_not_count() -> None:
 
     def probe_in_step(*args) -> None:
         if in_step_probe:
-            model(probe).sum()
+            with measuring(model, None):  # in the training step's mode, as loss_gradients
+                model(probe).sum()
     optimizer.register_step_pre_hook(probe_in_step)
     method = MIGU().attach(model, optimizer, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
@@ -262,9 +264,10 @@ def test_probes_and_evaluation_passes_do_not_count() -> None:
     with torch.inference_mode():
         model(probe)
     params = {k: v.detach() for k, v in model.named_parameters()}
-    torch.func.vmap(torch.func.grad(  # per-sample gradients in training mode
-        lambda p, s: torch.func.functional_call(model, p, (s[None],)).sum()),
-        in_dims=(None, 0))(params, probe)
+    with measuring(model, True):  # per-sample gradients in training mode
+        torch.func.vmap(torch.func.grad(
+            lambda p, s: torch.func.functional_call(model, p, (s[None],)).sum()),
+            in_dims=(None, 0))(params, probe)
     for got, want in zip(method.magnitudes, counted):
         assert torch.equal(got, want)
 
@@ -276,6 +279,28 @@ def test_probes_and_evaluation_passes_do_not_count() -> None:
     assert any(m.any() for m in method.magnitudes)
     method.before_task(1)
     assert all(not m.any() for m in method.magnitudes)
+
+
+@pytest.mark.parametrize("spec", ["agem+migu", "migu+agem"])
+def test_a_gem_reference_pass_inside_the_step_does_not_count(spec: str) -> None:
+    torch.manual_seed(11)
+    model = tiny_mlp(hidden=16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    method = build_method(spec, {"agem": {"buffer": "reservoir", "ref_batch_size": 16}})
+    method.attach(model, optimizer, seed=0)
+    migu, agem = (next(m for m in method.members if m.name == name) for name in ("migu", "agem"))
+    seen, references = [], []
+    transform, reference = migu.transform_grads, agem.loss_gradients
+    migu.transform_grads = lambda: (seen.append(migu.magnitudes), transform())
+    agem.loss_gradients = lambda *args: references.append(1) or reference(*args)
+    method.prepare_batch(Batch(50 * torch.randn(16, 8) + 5, torch.arange(16) % 4))  # memory
+    x = torch.randn(10, 8)
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(model, optimizer, x)
+    assert references  # A-GEM made its pass inside the step, before or after MIGU's mask
+    assert not any(m.any() for m in migu.magnitudes)  # nor counted for the next update
+    for got, want in zip(seen[0], mlp_magnitudes(before, x)):  # the training batch's alone
+        np.testing.assert_allclose(got[0].double().numpy(), want, rtol=1e-5)
 
 
 def test_first_task_option() -> None:

@@ -36,7 +36,7 @@ def cross_entropy_dz(z: np.ndarray, y: np.ndarray, units: list[int]) -> np.ndarr
 
 
 def gamma(g: np.ndarray) -> np.ndarray:
-    return np.abs(np.tanh((g - g.mean()) / g.std()))
+    return np.abs(np.tanh((g - g.mean()) / g.std(ddof=1)))  # Bessel, as the authors' code
 
 
 def test_importance_is_max_over_heads_and_tasks_of_tanh_zscore() -> None:

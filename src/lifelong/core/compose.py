@@ -17,22 +17,35 @@ from .registry import expand_alias, get_method_class
 
 class Composite(Method):
     """Several methods run in order: batches pass through each `prepare_batch`, penalties add up,
-    and each member registers its own optimizer hooks (they run in the order given)."""
+    and one optimizer hook per kind calls the members that act there, gradient changes by
+    `gradient_stage` and then in the order given (the only place that orders them).
+
+    When a member changes which parameters train (lora, inc-lora and o-lora freeze the model and
+    add adapters at attach and at new tasks), every other member hears of it
+    (`parameters_changed`) after that member's `attach`, `before_task` or `load_state_dict`."""
 
     name = "composite"
     description = "several methods applied in order"
 
     def __init__(self, members: Sequence[Method]) -> None:
+        self.members = list(members)  # before Method.__init__, which asks capabilities()
         super().__init__()
-        self.members = list(members)
         self.name = "+".join(m.name for m in self.members)  # type: ignore[misc]
-        self.needs_task_boundaries = any(m.needs_task_boundaries for m in members)  # type: ignore[misc]
-        self.needs_task_ids_at_test = any(m.needs_task_ids_at_test for m in members)  # type: ignore[misc]
-        self.stores_data = any(m.stores_data for m in members)  # type: ignore[misc]
-        self.scenarios = tuple(  # type: ignore[misc]
-            s for s in members[0].scenarios if all(s in m.scenarios for m in members))
         self._preparers = [m for m in members if m.uses("prepare_batch")]
         self._penalizers = [m for m in members if m.uses("penalty")]
+
+    def capabilities(self) -> dict[str, Any]:
+        """What the members need together: any member's need, the scenarios all support."""
+        members = self.members
+        return {
+            "needs_task_boundaries": any(m.needs_task_boundaries for m in members),
+            "needs_task_ids_at_test": any(m.needs_task_ids_at_test for m in members),
+            "scenarios": tuple(s for s in members[0].scenarios
+                               if all(s in m.scenarios for m in members)),
+            "stores_data": any(m.stores_data for m in members),
+            "needs_transformer": any(m.needs_transformer for m in members),
+            "composable": all(m.composable for m in members),
+        }
 
     def uses(self, hook: str) -> bool:
         return any(member.uses(hook) for member in self.members)
@@ -41,10 +54,12 @@ class Composite(Method):
                readout: Readout | None = None, *, seed: int | None = None) -> Composite:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
-        for offset, member in enumerate(self.members):
-            member.attach(model, optimizer, readout, seed=seed + offset, step_hooks=False)
         self.model, self.optimizer = model, optimizer
         self.readout = readout or Readout.identity()
+        self.parameters_changed()
+        for offset, member in enumerate(self.members):
+            member.attach(model, optimizer, readout, seed=seed + offset, step_hooks=False)
+            self.parameters_changed()
         # Gradient changes run by stage (penalty gradients before projections and masks), then
         # in the order the methods were given; weight changes in the order given.
         self._transformers = sorted((m for m in self.members if m.uses("transform_grads")),
@@ -55,6 +70,15 @@ class Composite(Method):
         if self._updaters:
             self._handles.append(optimizer.register_step_post_hook(self._post_step_hook))
         return self
+
+    def parameters_changed(self) -> bool:
+        """Re-read which parameters train; when they changed, tell every attached member."""
+        if not super().parameters_changed():
+            return False
+        for member in self.members:
+            if member.model is not None:
+                member.parameters_changed()
+        return True
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -76,6 +100,7 @@ class Composite(Method):
         self.task = task
         for member in self.members:
             member.before_task(task)
+            self.parameters_changed()  # inc-lora's new adapter
 
     def training_data(self, task: int, data: Batch) -> Batch:
         for member in self.members:
@@ -112,8 +137,13 @@ class Composite(Method):
         return {member.name: member.state_dict() for member in self.members}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for member in self.members:
+        self.parameters_changed()  # the model's own load may have added adapters (lora's hook)
+        for index, member in enumerate(self.members):
             member.load_state_dict(state[member.name])
+            if self.parameters_changed():  # its state added adapters: the members before it
+                for earlier in self.members[:index]:  # saved theirs for the new parameters
+                    earlier.load_state_dict(state[earlier.name])
+        self._apply_capabilities()  # a member's loaded config may need other things
 
     def __repr__(self) -> str:
         return " + ".join(repr(m) for m in self.members)
@@ -144,15 +174,15 @@ def build_method(spec: str, params: Mapping[str, Mapping[str, Any]] | None = Non
         raise ConfigError(f"settings given for {', '.join(unknown)}, which is not part of method "
                           f"'{spec}'")
     classes = [get_method_class(name) for name in names]
-    if len(classes) > 1:
-        for cls in classes:
-            if cls.name == "naive":
+    members = [cls(dict(params.get(cls.name, {}))) for cls in classes]
+    if len(members) > 1:
+        for member in members:
+            if member.name == "naive":
                 raise ConfigError("naive is plain fine-tuning and cannot be combined; "
                                   f"use '{'+'.join(n for n in names if n != 'naive')}'")
-            if not cls.composable:
-                raise ConfigError(f"{cls.name} does not combine with other methods "
-                                  f"({cls.description})")
-    members = [cls(dict(params.get(cls.name, {}))) for cls in classes]
+            if not member.composable:
+                raise ConfigError(f"{member.name} does not combine with other methods "
+                                  f"({member.description})")
     return members[0] if len(members) == 1 else Composite(members)
 
 

@@ -21,9 +21,14 @@ hook                   when / what                                              
 `register_step_post_hook`, so they fire once per real update from *any* loop that calls
 `optimizer.step()`: lifelong's trainer, a Hugging Face Trainer, or ten lines of plain PyTorch.
 
-Each method declares what it needs (`needs_task_boundaries`, `needs_task_ids_at_test`,
-`scenarios`, ...) so an impossible combination is refused before training, and keeps its state in
-`state_attrs` so that `state_dict()` / `load_state_dict()` round-trip without pickling code.
+Each method declares what it needs (`CAPABILITIES`: `needs_task_boundaries`, `scenarios`, ...)
+so an impossible combination is refused before training: a class attribute gives the value under
+the default config, and a capability that depends on the config is computed by `capabilities()`,
+which sets it on the object whenever the config is set (replay with `weighting=tasks` needs task
+boundaries). A method keeps its state in `state_attrs` so that `state_dict()` /
+`load_state_dict()` round-trip without pickling code. When the trainable parameters change (a
+LoRA method adds adapters), `parameters_changed()` re-reads them and the method's
+`on_parameters_changed` carries its per-parameter state over.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ HOOKS = ("before_task", "training_data", "prepare_batch", "penalty", "transform_
 # `evaluate(model)` -> accuracy of `model` on the test set of every task, in task order.
 Evaluator = Callable[[nn.Module], list[float]]
 
+# What a method needs from the scenario; `check_compatible` refuses a run that cannot give it.
+CAPABILITIES = ("needs_task_boundaries", "needs_task_ids_at_test", "scenarios", "stores_data",
+                "needs_transformer", "composable")
+
 # When several methods change the gradient, they run in this order (then in composition order):
 OBJECTIVE = 0  # gradients of penalty terms (EWC, L2): part of the objective, added first
 TRANSFORM = 1  # projections, masks and preconditioners act on the full gradient
@@ -64,13 +73,14 @@ class Method:
     description: ClassVar[str] = ""
     Config: ClassVar[type[Config]] = NoConfig
 
-    # What the method needs from the scenario; checked before training starts.
-    needs_task_boundaries: ClassVar[bool] = False  # before_task/after_task with the task's data
-    needs_task_ids_at_test: ClassVar[bool] = False  # only possible in task-incremental learning
-    scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
-    stores_data: ClassVar[bool] = False  # keeps training samples (a memory)
-    needs_transformer: ClassVar[bool] = False  # attention heads and FFN units (DAS)
-    composable: ClassVar[bool] = True
+    # Capabilities (`CAPABILITIES`), checked before training starts: the values under the
+    # default config; `capabilities()` gives those that depend on the config.
+    needs_task_boundaries: bool = False  # before_task/after_task with the task's data
+    needs_task_ids_at_test: bool = False  # only possible in task-incremental learning
+    scenarios: tuple[str, ...] = SCENARIOS
+    stores_data: bool = False  # keeps training samples (a memory)
+    needs_transformer: bool = False  # attention heads and FFN units (DAS)
+    composable: bool = True  # may be combined with other methods (`replay+ewc`)
     gradient_stage: ClassVar[int] = TRANSFORM  # see OBJECTIVE / TRANSFORM above
 
     # Attributes saved by state_dict(): tensors, numbers, lists/dicts of them, or objects with
@@ -87,6 +97,7 @@ class Method:
             raise ConfigError(f"{self.name} takes a {self.Config.__name__}, "
                               f"not a {type(config).__name__}")
         self.config = config
+        self._apply_capabilities()
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.readout: Readout = Readout.identity()
@@ -116,7 +127,7 @@ class Method:
         self.model = model
         self.optimizer = optimizer
         self.readout = readout or Readout.identity()
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = trainable_parameters(model)
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self._probe_stats = RunningStats(model)  # see loss_gradients
@@ -145,6 +156,44 @@ class Method:
         self.on_detach()
         self.model = None
         self.optimizer = None
+
+    def parameters_changed(self) -> bool:
+        """Re-read which parameters train (`params`, `param_names`) after something changed them
+        (a LoRA method adds adapters and freezes the rest: at attach, and for inc-lora and
+        o-lora at each new task). When they differ from the last look, `on_parameters_changed`
+        carries the method's per-parameter state over; returns whether they differed.
+
+        A `Composite` calls it on its members after any member's `attach`, `before_task` and
+        `load_state_dict`; a loop that changes which parameters train calls it itself."""
+        if self.model is None:  # not attached: nothing to read yet
+            return False
+        named = trainable_parameters(self.model)
+        self.param_names = [n for n, _ in named]  # peft renames the layers it wraps
+        if [id(p) for _, p in named] == [id(p) for p in self.params]:
+            return False
+        before, self.params = self.params, [p for _, p in named]
+        self.on_parameters_changed(before)
+        return True
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        """`params` changed from `before`: rebuild what depends on them (`carry_over` moves a
+        per-parameter list). A parameter that stopped training can no longer move, so it leaves
+        the method's state (and any penalty's value); one that started has no history yet."""
+
+    def capabilities(self) -> dict[str, Any]:
+        """The capabilities (`CAPABILITIES`) that depend on this object's config, as
+        {name: value}; each replaces the class attribute of that name on this object. Called
+        whenever the config is set (construction, `load_state_dict`)."""
+        return {}
+
+    def _apply_capabilities(self) -> None:
+        found = self.capabilities()
+        unknown = sorted(set(found) - set(CAPABILITIES))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.capabilities() gave {', '.join(unknown)}; "
+                            f"capabilities are: {', '.join(CAPABILITIES)}")
+        for name, value in found.items():
+            setattr(self, name, value)
 
     def on_attach(self) -> None:
         """Extra set-up once the model is known (e.g. forward hooks: append handles)."""
@@ -248,6 +297,7 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the state; call after `attach()` so tensors go to the model's device."""
         self.config = self.Config.from_dict(state["config"])
+        self._apply_capabilities()
         self.task = state["task"]
         if "generator" in state and self.generator is not None:
             self.generator.set_state(state["generator"])
@@ -261,6 +311,27 @@ class Method:
     def __repr__(self) -> str:
         values = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
         return f"{type(self).__name__}({values})"
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """(name, parameter) of every parameter of `model` that requires a gradient."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def carry_over(values: list[Tensor] | None, before: list[Tensor], after: list[Tensor],
+               new: Callable[[Tensor], Tensor]) -> list[Tensor] | None:
+    """Per-parameter state `values` (one entry per parameter of `before`) for the parameters
+    `after`: each parameter keeps its entry, one new to the list gets `new(parameter)`, and the
+    entries of parameters no longer in it are dropped. None (no state yet) stays None."""
+    if values is None:
+        return None
+    by_id = {id(p): value for p, value in zip(before, values, strict=True)}
+    return [by_id[id(p)] if id(p) in by_id else new(p) for p in after]
+
+
+def copy_of(param: Tensor) -> Tensor:
+    """A detached copy of a parameter's current values (the anchor of one that just joined)."""
+    return param.detach().clone()
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

@@ -21,6 +21,10 @@ def register_method(cls: type[Method]) -> type[Method]:
     if cls.name in _METHODS and _METHODS[cls.name] is not cls:
         raise ValueError(f"a method named '{cls.name}' is already registered "
                          f"({_METHODS[cls.name].__module__}.{_METHODS[cls.name].__name__})")
+    owner = vars(cls.Config).get("_owner")
+    if owner is not None and owner != cls.name and owner in _METHODS:
+        raise ValueError(f"{cls.__name__} shares its config class {cls.Config.__name__} with "
+                         f"'{owner}'; give it a subclass of its own, so that messages name it")
     cls.Config._owner = cls.name
     _METHODS[cls.name] = cls
     return cls

@@ -47,6 +47,7 @@ class AGEM(MemoryMethod):
     name = "agem"
     description = "A-GEM: project gradients that would increase the loss on the memory"
     Config = AGEMConfig
+    needs_task_boundaries = True  # with the default buffer, class-balanced
 
     def prepare_batch(self, batch: Batch) -> Batch:
         self.observe(batch)  # task-free (reservoir) memories follow the stream

@@ -4,7 +4,8 @@ Pre-training of Language Models", ICLR 2023).
 Units are attention heads and FFN neurons (intermediate and output; `lifelong.functional.units`).
 The importance of a unit is measured with a virtual gate m = 1 multiplied onto its output:
 I = |Σ_batches ∂L/∂m|, then per layer and unit kind I ← |tanh(z-score(I))| (std with Bessel's
-correction, as the authors' code), and importances accumulate over domains by element-wise max.
+correction, as the authors' code: `lifelong.functional.importance.tanh_zscore`, shared with SPG),
+and importances accumulate over domains by element-wise max.
 
 - General knowledge (the paper's initialisation): before the first task trains, on its data, L is
   the proxy KL(p₁ ‖ p₂) between two forward passes with dropout *on*, p = softmax of the
@@ -51,6 +52,7 @@ from ..core.method import TRANSFORM, Method
 from ..core.probe import probe
 from ..core.registry import register_method
 from ..errors import ConfigError
+from ..functional.importance import tanh_zscore
 from ..functional.units import find_units, gated, keep_factors
 from ..integrations.distributed import all_reduce_max_, all_reduce_sum_
 from ..models.introspection import output_layer
@@ -71,17 +73,6 @@ class DASConfig(Config):
         None, "samples of the task used for the importance (None: all)", low=1)
     importance_batch_size: int = option(32, "mini-batch size for the importance gradients",
                                         low=1)
-
-
-def normalise(sums: Tensor) -> Tensor:
-    """|tanh(z-score(|g|))| within one layer's units of one kind; zeros where undefined."""
-    magnitude = sums.abs()
-    if magnitude.numel() < 2:
-        return torch.zeros_like(magnitude)
-    std = magnitude.std()
-    if not bool(std > 0) or not bool(torch.isfinite(std)):
-        return torch.zeros_like(magnitude)
-    return torch.tanh((magnitude - magnitude.mean()) / std).abs()
 
 
 def token_mask(x: Tensor, representation: Tensor) -> Tensor | None:
@@ -152,10 +143,7 @@ class DAS(Method):
 
     def on_attach(self) -> None:
         self.groups = find_units(self.model)
-        trainable = {id(p) for p in self.params}
-        if not any(id(s.param) in trainable for g in self.groups for s in g.slices):
-            raise ConfigError("das masks the gradients of the attention and FFN weights, but "
-                              "none of them is trainable")
+        self._check_trainable()
         self.output_module: nn.Module | None = None
         if self.config.general == "proxy_kl" or self.config.contrastive > 0:
             self.output_module = output_layer(self.model, self.config.head)[1]
@@ -169,6 +157,16 @@ class DAS(Method):
 
     def on_detach(self) -> None:
         self._seen_x = self._seen = None
+
+    def _check_trainable(self) -> None:
+        trainable = {id(p) for p in self.params}
+        if not any(id(s.param) in trainable for g in self.groups for s in g.slices):
+            raise ConfigError("das masks the gradients of the attention and FFN weights, but "
+                              "none of them is trainable")
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        self._check_trainable()
+        self._factors_of = None  # the factors' passes follow the trainable parameters
 
     # --- training ------------------------------------------------------------------------------
     def before_task(self, task: int) -> None:
@@ -185,7 +183,7 @@ class DAS(Method):
                     "das: the proxy KL between two forward passes is zero, so the model has no "
                     "active dropout; build it with dropout (e.g. build_hf_model(..., "
                     "dropout=0.1)) or set das.general=none")
-            self._accumulate([normalise(s) for s in sums])
+            self._accumulate([tanh_zscore(s.abs()) for s in sums])
             self.general_done = True
         return data
 
@@ -244,7 +242,7 @@ class DAS(Method):
     # --- importance ----------------------------------------------------------------------------
     def after_task(self, task: int, data: Batch | Iterable[BatchLike]) -> None:
         sums, _ = self.gate_gradient_sums(data, self.task_loss)
-        self._accumulate([normalise(s) for s in sums])
+        self._accumulate([tanh_zscore(s.abs()) for s in sums])
 
     def _accumulate(self, importance: list[Tensor]) -> None:
         self.importance = importance if self.importance is None else torch._foreach_maximum(

@@ -10,7 +10,10 @@ Both are one quadratic P (θ − μ)² (+ a constant): online, P = F and μ = θ
 P = Σ_k F_k, μ = Σ_k F_k θ*_k / P and c = Σ_k F_k θ*_k² − P μ², exact in value and gradient with
 two stored copies of the weights whatever the number of tasks. The penalty's gradient
 λ·(P∘θ − P∘μ) is added at the optimizer step, like `weight_decay` (see
-`lifelong.functional.quadratic`); `penalty_value()` gives its value.
+`lifelong.functional.quadratic`); `penalty_value()` gives its value. When the trainable
+parameters change (`inc-lora+ewc`: a new adapter per task, the previous one frozen), a parameter
+that joins has no Fisher yet (no penalty) and one that is frozen leaves the penalty: it can no
+longer move, so its term would be a constant.
 
 The Fisher is that of the model as it is evaluated: eval mode, dropout off, BatchNorm on its
 running statistics, which the Fisher's passes leave unchanged. Under data parallelism it is the
@@ -28,7 +31,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method
+from ..core.method import OBJECTIVE, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, diagonal_fisher, quadratic_value
 
@@ -66,6 +69,13 @@ class EWC(Method):
         self.weighted_anchor: list[Tensor] | None = None  # P∘μ (separate: Σ_k F_k θ*_k)
         self.constant = 0.0  # c: makes the penalty's value exact, not only its gradient
         self.tasks_seen = 0
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        # a parameter that joins training (a new LoRA adapter) has no Fisher yet: no penalty
+        self.precision = carry_over(self.precision, before, self.params, torch.zeros_like)
+        self.anchor = carry_over(self.anchor, before, self.params, copy_of)
+        self.weighted_anchor = carry_over(self.weighted_anchor, before, self.params,
+                                          torch.zeros_like)
 
     def transform_grads(self) -> None:
         if self.precision is not None:

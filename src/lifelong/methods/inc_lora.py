@@ -11,10 +11,16 @@ A task id seen again (the same `before_task(t)` twice in a row) keeps training i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..core.registry import register_method
 from .lora import LoRAConfig, LoRAMethod
+
+
+@dataclasses.dataclass
+class IncLoRAConfig(LoRAConfig):
+    """The options of `lora`; a class of its own so that messages name inc-lora."""
 
 
 @register_method
@@ -23,6 +29,7 @@ class IncLoRA(LoRAMethod):
 
     name = "inc-lora"
     description = "a new LoRA adapter per task; earlier adapters frozen but still active (IncLoRA)"
+    Config = IncLoRAConfig
     needs_task_boundaries = True
     state_attrs = ("adapter_tasks",)
 

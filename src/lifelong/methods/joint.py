@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..core.batch import Batch
-from ..core.method import Method
+from ..core.method import Method, NoConfig
 from ..core.registry import register_method
+
+
+@dataclasses.dataclass
+class JointConfig(NoConfig):
+    """joint has no options (a class of its own so that messages name joint, not naive)."""
 
 
 @register_method
@@ -19,6 +25,7 @@ class Joint(Method):
 
     name = "joint"
     description = "train on all data seen so far (the upper bound; keeps every sample)"
+    Config = JointConfig
     needs_task_boundaries = True
     stores_data = True
     composable = False

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
 from ..core.copy import frozen_copy
-from ..core.method import OBJECTIVE, Evaluator, Method
+from ..core.method import OBJECTIVE, Evaluator, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import gradients_of
 
@@ -50,6 +50,12 @@ def ticket_masks(change: list[Tensor], fraction: float) -> list[Tensor]:
         row_mask[top] = True
         masks.append(row_mask)
     return masks
+
+
+def _no_rows(param: Tensor) -> Tensor:
+    """A row mask (as `ticket_masks` gives) that keeps no row of `param`."""
+    rows = param.shape[0] if param.dim() > 1 else param.numel()
+    return torch.zeros(rows, dtype=torch.bool, device=param.device)
 
 
 def _expand(row_mask: Tensor, like: Tensor) -> Tensor:
@@ -78,6 +84,12 @@ class L1(Method):
     def before_task(self, task: int) -> None:
         super().before_task(task)
         self.start = [p.detach().clone() for p in self.params]
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        # a parameter that joins training starts here and holds no row of an earlier ticket
+        self.start = carry_over(self.start, before, self.params, copy_of)
+        self.tickets = [carry_over(ticket, before, self.params, _no_rows)
+                        for ticket in self.tickets]
 
     @torch.no_grad()
     def transform_grads(self) -> None:

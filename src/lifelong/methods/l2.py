@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method
+from ..core.method import OBJECTIVE, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, quadratic_value
 
@@ -36,6 +36,7 @@ class L2(Method):
     name = "l2"
     description = "L2 penalty to the previous task's weights (or to zero: weight decay)"
     Config = L2Config
+    needs_task_boundaries = True  # with the default anchor, the previous task's weights
     gradient_stage = OBJECTIVE
     state_attrs = ("anchor", "active")
 
@@ -44,9 +45,12 @@ class L2(Method):
         self.anchor: list[Tensor] | None = None  # θ* (None: zero, or no task ended yet)
         self.active = self.config.anchor == "zero"
 
-    @property
-    def needs_task_boundaries(self) -> bool:  # type: ignore[override]
-        return self.config.anchor == "previous"
+    def capabilities(self) -> dict[str, Any]:
+        return {"needs_task_boundaries": self.config.anchor == "previous"}
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        # a parameter that joins training (a new LoRA adapter) is anchored where it starts
+        self.anchor = carry_over(self.anchor, before, self.params, copy_of)
 
     def transform_grads(self) -> None:
         if self.active:

@@ -12,6 +12,8 @@ is trained; a language model's head is pretrained and stays frozen, as in O-LoRA
 the adapter's parameters are added to the optimizer as a new parameter group (the optimizer was
 built before, on the model's parameters; the frozen ones get no gradient and so no update).
 `lora` trains this one adapter on every task in turn. `inc-lora` and `o-lora` add one per task.
+In a composition (`lora+migu`, `inc-lora+ewc`), the other methods hear of each change of the
+trainable parameters and follow it (`Method.parameters_changed`, called by the composite).
 
 Checkpoints: the adapters are part of the model (its `state_dict()` holds them) and of the
 method's state. A resumed run builds a fresh model, attaches the method (one adapter), then loads
@@ -53,7 +55,7 @@ class LoRAConfig(Config):
     alpha: float = option(32.0, "scaling α: an adapter adds (α/r)·B·A·x (O-LoRA: 32)",
                           low=0, low_open=True)
     dropout: float = option(0.0, "dropout on an adapter's input, drawn from torch's global "
-                            "generator (O-LoRA's scripts: 0.1)", low=0)
+                            "generator (O-LoRA's scripts: 0.1)", low=0, high=1, high_open=True)
     target_modules: list[str] = option(
         [], "layers that get adapters: full module names or their last parts (query, v_proj); "
         "empty: every Linear layer except the output layer")
@@ -64,11 +66,6 @@ class LoRAConfig(Config):
         "auto", "the output layer: auto trains a classification head (new, random) and freezes "
         "a language model's head (pretrained, as in O-LoRA and MIGU; training it also trains "
         "the input embeddings when the two are tied, as in GPT-2)")
-
-    def validate(self) -> None:
-        if self.dropout >= 1:
-            raise ConfigError(f"{self._owner}.dropout: {self.dropout} is out of range; "
-                              "accepted: >= 0 and < 1")
 
 
 def resolve_targets(model: nn.Module, names: list[str], head: str | None, rank: int) -> list[str]:
@@ -192,9 +189,7 @@ class LoRAMethod(Method):
             p.requires_grad_(train)
             if not train:
                 p.grad = None
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.param_names = [n for n, _ in named]
-        self.params = [p for _, p in named]
+        self.parameters_changed()
 
     def adapters_changed(self) -> None:
         """Called after adapters were added or loaded (caches of subclasses)."""

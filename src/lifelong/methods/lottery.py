@@ -74,7 +74,8 @@ _MAX_TASKS = torch.iinfo(torch.int16).max
 class LotteryConfig(Config):
     fraction: float = option(
         0.2, "fraction of the task's remaining free weights pruned per round, globally by |w|; "
-        "in (0, 1)", low=0, low_open=True)
+        "in (0, 1): 1 would prune every free weight", low=0, high=1, low_open=True,
+        high_open=True)
     rounds: int = option(3, "pruning rounds per task (keeps about (1 - fraction)^rounds of the "
                          "free weights)", low=1)
     round_steps: int = option(
@@ -88,9 +89,6 @@ class LotteryConfig(Config):
         "the current ones, which later tasks keep moving)")
 
     def validate(self) -> None:
-        if self.fraction >= 1:
-            raise ConfigError(f"{self._owner}.fraction: {self.fraction!r} is out of range; "
-                              "accepted: > 0 and < 1 (1 would prune every free weight)")
         if self.rewind_step >= self.round_steps:
             raise ConfigError(f"{self._owner}.rewind_step: {self.rewind_step} must be smaller "
                               f"than round_steps ({self.round_steps}): the rewind point is "
@@ -149,6 +147,15 @@ class Lottery(Method):
 
     def on_detach(self) -> None:
         self.evaluation_task(None)
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        # a frozen adapter would leave the ownership table, and evaluating an older task would
+        # no longer zero the entries later tasks own
+        raise ConfigError("lottery keeps each entry's owning task for the parameters it found "
+                          "at attach and cannot follow a change of the trainable parameters "
+                          "(lora attached after it, or inc-lora's and o-lora's adapter per "
+                          "task); attach lottery after lora (lora+lottery), and not with "
+                          "inc-lora or o-lora")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

@@ -8,8 +8,9 @@ domain- and class-incremental learning one over all the old tasks' units togethe
 The teacher is a frozen copy (`lifelong.core.copy.frozen_copy`) in eval mode: its targets are
 the old model as it is evaluated (BatchNorm on its running statistics, which its passes do not
 update, and which are those of the model at the task boundary); the student's own statistics are
-moved only by its training passes. The teacher's state (weights and buffers) is saved with the
-method's state.
+moved only by its training passes. The teacher's passes measure, not train: they run inside
+`lifelong.core.probe.probe()`, which methods watching training passes ignore. The teacher's
+state (weights and buffers) is saved with the method's state.
 
 `weighting="tasks"` multiplies α by the number of old tasks in task- and domain-incremental
 learning (so task-IL sums the heads' distillations instead of averaging them), as van de Ven et
@@ -28,6 +29,7 @@ from ..core.batch import Batch
 from ..core.config import Config, option
 from ..core.copy import frozen_copy
 from ..core.method import Method
+from ..core.probe import probe
 from ..core.registry import register_method
 from ..functional import distillation_loss
 
@@ -75,7 +77,7 @@ class LwF(Method):
     def penalty(self, batch: Batch, output: Tensor) -> Tensor | None:
         if self.teacher is None:
             return None
-        with torch.no_grad():
+        with torch.no_grad(), probe(self.teacher):
             target = self.teacher(batch.x)
         if self._heads is not None:
             # [batch, old heads, width]: each old head's logits; padding units become -inf.

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method
+from ..core.method import OBJECTIVE, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, quadratic_value
 from ..functional.per_sample import per_sample_gradient_mean
@@ -58,6 +58,13 @@ class MAS(Method):
         self.importance: list[Tensor] | None = None  # Ω
         self.anchor: list[Tensor] | None = None  # θ*
         self.weighted_anchor: list[Tensor] | None = None  # Ω∘θ*
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        # a parameter that joins training (a new LoRA adapter) has no importance yet
+        self.importance = carry_over(self.importance, before, self.params, torch.zeros_like)
+        self.anchor = carry_over(self.anchor, before, self.params, copy_of)
+        self.weighted_anchor = carry_over(self.weighted_anchor, before, self.params,
+                                          torch.zeros_like)
 
     def transform_grads(self) -> None:
         if self.importance is not None:  # gradient of λ Σ Ω (θ − θ*)²

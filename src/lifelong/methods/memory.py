@@ -198,18 +198,24 @@ class MemoryMethod(Method):
     with every new batch (`observe`), or a class-balanced memory filled at each task's end."""
 
     stores_data = True
+    needs_task_boundaries = False  # with the default buffer, a reservoir
     state_attrs: ClassVar[tuple[str, ...]] = ("memory",)
 
     def __init__(self, config: MemoryConfig | dict | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         self.memory = self.config.build(None)
 
-    @property
-    def needs_task_boundaries(self) -> bool:  # type: ignore[override]
-        return self.config.buffer == "class-balanced"
+    def capabilities(self) -> dict[str, Any]:
+        # a class-balanced memory is filled with each task's data at its end
+        return {"needs_task_boundaries": self.config.buffer == "class-balanced"}
 
     def on_attach(self) -> None:
         self.memory.generator = self.generator
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # the saved config may keep another kind of memory than the one built for this config
+        self.memory = self.Config.from_dict(state["config"]).build(self.generator)
+        super().load_state_dict(state)
 
     def observe(self, batch: Batch) -> None:
         """Task-free memories learn from the stream: call with each new batch."""

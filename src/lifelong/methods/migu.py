@@ -12,17 +12,19 @@ The paper's L1 normalisation of m does not change a per-layer quantile mask, so 
 - Gradient accumulation: the masks act once per update (`transform_grads`, the optimizer step
   pre-hook), with the magnitudes of every micro-batch since the last update summed; they are
   reset after each update, and at the start of each task.
-- Only training passes count: forward passes in eval mode, without gradients, under a functorch
-  transform (per-sample gradients), or run while an optimizer step is in progress (A-GEM's and
-  GEM's reference gradients) do not add to the magnitudes. Forward passes of other methods'
-  probes at task boundaries (SPG's importance) are cleared by the reset at `before_task`.
+- Only training passes count: forward passes in eval mode, without gradients, or inside
+  `lifelong.core.probe.probe()` (every pass a method makes to measure the model: A-GEM's and
+  GEM's reference gradients inside the optimizer step, per-sample gradients, SPG's and DAS's
+  importance, a teacher's targets) do not add to the magnitudes. Passes that are part of the
+  training objective (DER's memory passes, DAS's contrastive views) count.
 - Data parallel: the magnitudes are summed over the replicas before the quantile, so every replica
   applies the same mask.
 - LoRA (peft): the A matrix of an adapter (`lora_A`, in → r) is masked by the magnitudes of its own
   output x·A; the B matrix (`lora_B`, r → out) by those of the adapted layer's *total* output
   x·W + (α/r)·x·A·B, as in the authors' LoRA code. The frozen base weight gets no gradient.
-  The layers are looked for again at the first forward pass after `attach` and after each
-  `before_task`, so adapters that `lora` / `inc-lora` add (in either composition order) count.
+  The layers are looked for again when the trainable parameters change (`parameters_changed`,
+  which a composition calls), so adapters that `lora` / `inc-lora` add, in either composition
+  order, count.
 - The output layer (`head`, or the language-model head) is masked too by default, like every
   `nn.Linear` in the authors' code (T5's `lm_head` included); `mask_head=false` leaves it free,
   which a classification head with few units may need (with T = 0.7 and 4 units, one unit learns
@@ -50,6 +52,7 @@ from torch import Tensor, nn
 
 from ..core.config import Config, option
 from ..core.method import TRANSFORM, Method
+from ..core.probe import is_probing
 from ..core.registry import register_method
 from ..errors import ConfigError
 from ..integrations.distributed import all_reduce_sum_
@@ -61,18 +64,13 @@ ROWS, COLUMNS, VECTOR = 0, 1, 2  # how a parameter's output dimension is laid ou
 @dataclasses.dataclass
 class MIGUConfig(Config):
     threshold: float = option(0.7, "T: per layer, output dimensions whose magnitude is below "
-                              "the T-quantile get no gradient (only the top 1 − T learn); "
-                              "0 <= T < 1", low=0)
+                              "the T-quantile get no gradient (only the top 1 − T learn, so "
+                              "T < 1)", low=0, high=1, high_open=True)
     mask_first_task: bool = option(
         True, "mask the first task too (paper); false: train it unmasked as the authors' "
         "scripts do (needs task boundaries)")
     mask_head: bool = option(True, "mask the output layer (`head` / the LM head) too, as the "
                              "authors' code masks every nn.Linear; false leaves it unmasked")
-
-    def validate(self) -> None:
-        if self.threshold >= 1:
-            raise ConfigError(f"migu.threshold: {self.threshold!r} is out of range; accepted: "
-                              ">= 0 and < 1 (the share of output dimensions left unchanged)")
 
 
 @dataclasses.dataclass
@@ -119,11 +117,6 @@ def find_units(model: nn.Module, skip: set[int]) -> list[_Unit]:
     return units
 
 
-def _transformed(tensor: Tensor) -> bool:
-    """Whether `tensor` lives inside a torch.func transform (vmap/grad: a probe, not training)."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
-
-
 @register_method
 class MIGU(Method):
     """Magnitude-based gradient updating; see the module docstring."""
@@ -136,30 +129,21 @@ class MIGU(Method):
 
     def __init__(self, config: MIGUConfig | dict | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
-        # the reference's first-task exception needs to know when the first task ends
-        self.needs_task_boundaries = not self.config.mask_first_task  # type: ignore[misc]
         self._buffers: list[Tensor] = []  # magnitudes, one [layers, size] tensor per size
+
+    def capabilities(self) -> dict[str, Any]:
+        # the reference's first-task exception needs to know when the first task ends
+        return {"needs_task_boundaries": not self.config.mask_first_task}
 
     # --- set-up --------------------------------------------------------------------------------
     def on_attach(self) -> None:
         self._unit_handles: list[Any] = []
         self._signature: tuple = ()
-        self.build()
-        # Adapters added later (`lora` attached after migu, inc-lora's one per task) and layers
-        # frozen later are looked for again at the first forward pass after attach and after
-        # each before_task.
-        self._stale = True
-        self._handles.append(self.model.register_forward_pre_hook(self._refresh))
-        # Forward passes during an optimizer step (other methods' probes) are not training
-        # passes: close the count when the step starts, before any method's transform runs.
-        self._counting = True
         self._check_pending = True
-        handle = self.optimizer.register_step_pre_hook(self._close)
-        pre_hooks = getattr(self.optimizer, "_optimizer_step_pre_hooks", None)
-        if isinstance(pre_hooks, dict) and hasattr(pre_hooks, "move_to_end"):  # no `prepend=`
-            pre_hooks.move_to_end(handle.id, last=False)
-        self._handles.append(handle)
-        self._handles.append(self.optimizer.register_step_post_hook(self._open))
+        self.build()
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        self.build()  # adapters added (lora attached after migu, inc-lora's per task), or frozen
 
     def on_detach(self) -> None:
         for handle in self._unit_handles:
@@ -202,24 +186,11 @@ class MIGU(Method):
                          VECTOR: mask[row]}
                 self._targets += [(p, views[kind]) for p, kind in unit.params]
 
-    def _refresh(self, *args: Any) -> None:
-        if self._stale:
-            self._stale = False
-            self.build()
-
-    def _close(self, *args: Any) -> None:
-        self._counting = False
-
-    def _open(self, *args: Any) -> None:
-        self._counting = True
-
     def _hook(self, row: Tensor) -> Callable[[nn.Module, Any, Any], None]:
         def accumulate(module: nn.Module, args: Any, output: Any) -> None:
-            if not (self._counting and module.training and torch.is_grad_enabled()):
+            if not (module.training and torch.is_grad_enabled()) or is_probing():
                 return
             out = output if isinstance(output, Tensor) else output[0]
-            if _transformed(out):
-                return
             # one fused pass over the output: Σ over tokens and samples of |output|, per column
             row.add_(out.detach().abs().reshape(-1, out.shape[-1]).sum(0, dtype=row.dtype))
         return accumulate
@@ -233,7 +204,6 @@ class MIGU(Method):
     def before_task(self, task: int) -> None:
         super().before_task(task)
         self.reset()
-        self._stale = True
 
     def reset(self) -> None:
         """Forget the magnitudes counted so far."""
@@ -241,7 +211,6 @@ class MIGU(Method):
 
     @torch.no_grad()
     def transform_grads(self) -> None:
-        self._refresh()
         if not self.masking():
             self.reset()
             return
@@ -273,10 +242,6 @@ class MIGU(Method):
                           "with gradients enabled (call model.train())", stacklevel=3)
 
     # --- state ---------------------------------------------------------------------------------
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.needs_task_boundaries = not self.config.mask_first_task  # type: ignore[misc]
-
     @property
     def magnitudes(self) -> list[Tensor]:
         """The magnitudes counted since the last update, one [layers, size] tensor per size."""
@@ -284,8 +249,9 @@ class MIGU(Method):
 
     @magnitudes.setter
     def magnitudes(self, values: list[Tensor]) -> None:
-        self._refresh()  # the adapters a resumed model holds
         if len(values) != len(self._buffers) or any(
                 v.shape != b.shape for v, b in zip(values, self._buffers)):
             raise ConfigError("migu: the saved magnitudes do not fit this model's linear layers")
-        torch._foreach_copy_(self._buffers, [v.to(b.device) for v, b in zip(values, self._buffers)])
+        if self._buffers:  # none before attach
+            torch._foreach_copy_(self._buffers,
+                                 [v.to(b.device) for v, b in zip(values, self._buffers)])

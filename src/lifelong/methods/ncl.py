@@ -108,6 +108,12 @@ class NCL(Method):
         self.diag_params = [self.params[i] for i in self.diag_index]
         self._inverses: list[tuple[Tensor, Tensor]] | None = None
 
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        raise ConfigError("ncl keeps Kronecker factors for the layers it found at attach and "
+                          "cannot follow a change of the trainable parameters (lora attached "
+                          "after it, or inc-lora's and o-lora's adapter per task); attach ncl "
+                          "after lora (lora+ncl), and not with inc-lora or o-lora")
+
     # --- the prior before any task ---------------------------------------------------------
     def training_data(self, task: int, data: Batch) -> Batch:
         if self.data_size is None:  # data-parallel: the shards of all replicas together

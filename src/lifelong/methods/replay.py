@@ -12,7 +12,7 @@ incremental learning"), so the replayed tasks weigh as much as the new one each.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -36,9 +36,10 @@ class Replay(MemoryMethod):
     description = "experience replay: mix stored samples of past tasks into every batch"
     Config = ReplayConfig
 
-    @property
-    def needs_task_boundaries(self) -> bool:  # type: ignore[override]
-        return self.config.weighting == "tasks" or super().needs_task_boundaries
+    def capabilities(self) -> dict[str, Any]:
+        found = super().capabilities()  # weighting=tasks needs to know which task is new
+        found["needs_task_boundaries"] |= self.config.weighting == "tasks"
+        return found
 
     def prepare_batch(self, batch: Batch) -> Batch:
         replayed = self.memory.sample(self.config.replay_batch_size or batch.num_new)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method
+from ..core.method import OBJECTIVE, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, gradients_of, quadratic_value
 
@@ -54,9 +54,22 @@ class SI(Method):
         if self.omega is None:
             self.omega = [torch.zeros_like(p) for p in self.params]
             self.start = [p.detach().clone() for p in self.params]
-        # scratch space for the step: the gradient and weights just before it
+        self._allocate_scratch()
+
+    def _allocate_scratch(self) -> None:
+        """Space for the step: the gradient and weights just before it."""
         self._grad_before = [torch.empty_like(p) for p in self.params]
         self._weights_before = [torch.empty_like(p) for p in self.params]
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        # a parameter that joins training (a new LoRA adapter) starts its path integral now
+        zeros = torch.zeros_like
+        self.omega = carry_over(self.omega, before, self.params, zeros)
+        self.importance = carry_over(self.importance, before, self.params, zeros)
+        self.anchor = carry_over(self.anchor, before, self.params, copy_of)
+        self.weighted_anchor = carry_over(self.weighted_anchor, before, self.params, zeros)
+        self.start = carry_over(self.start, before, self.params, copy_of)
+        self._allocate_scratch()
 
     @torch.no_grad()
     def transform_grads(self) -> None:

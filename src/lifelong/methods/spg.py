@@ -9,8 +9,10 @@ so the importance passes do not change how the model is evaluated):
 - for every older task k < t, the gradient of the plain *sum of logits* of head k (no labels:
   how much the old heads' outputs move with the parameter);
 - each gradient tensor (weights and biases separately) becomes γ = |tanh(z-score(g))|, the z-score
-  taken within the tensor; the task's mask is the element-wise max over heads, and the running
-  importance a ← max(a, m_t) keeps the largest value any task gave.
+  taken within the tensor, its std with Bessel's correction as in the authors' code
+  (`lifelong.functional.importance.tanh_zscore`, shared with DAS); the task's mask is the
+  element-wise max over heads, and the running importance a ← max(a, m_t) keeps the largest
+  value any task gave.
 
 While a later task trains, each shared parameter's gradient is multiplied by (1 − a), and the
 output layer's by the scalar 1 − mean(a) over all shared parameters. The first task is unmasked.
@@ -40,11 +42,12 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import TRANSFORM, Method
+from ..core.method import TRANSFORM, Method, carry_over
 from ..core.probe import probe
 from ..core.registry import register_method
 from ..errors import ConfigError
 from ..functional import gradients_of
+from ..functional.importance import tanh_zscore
 from ..integrations.distributed import all_reduce_sum_
 from ..models.introspection import output_layer
 
@@ -59,15 +62,6 @@ class SPGConfig(Config):
         None, "samples of the task used for the importance (None: all)", low=1)
     importance_batch_size: int = option(128, "mini-batch size for the importance gradients",
                                         low=1)
-
-
-def tanh_zscore(gradient: Tensor) -> Tensor:
-    """|tanh((g − mean g) / std g)| within one tensor; zeros where g is constant."""
-    centred = gradient - gradient.mean()
-    std = centred.square().mean().sqrt()
-    if std == 0 or not torch.isfinite(std):
-        return torch.zeros_like(gradient)
-    return torch.tanh(centred / std).abs()
 
 
 @register_method
@@ -85,8 +79,13 @@ class SPG(Method):
 
     def on_attach(self) -> None:
         _, layer = output_layer(self.model, self.config.head)
-        head_ids = {id(p) for p in layer.parameters()}
-        self.is_head = [id(p) in head_ids for p in self.params]
+        self._head_ids = {id(p) for p in layer.parameters()}
+        self._split()
+        self._scales: tuple[list[Tensor], float] = ([], 1.0)
+
+    def _split(self) -> None:
+        """The trainable parameters into shared ones and the output layer's (the heads)."""
+        self.is_head = [id(p) in self._head_ids for p in self.params]
         if all(self.is_head) or not any(self.is_head):
             raise ConfigError("spg needs shared layers and an output layer among the trainable "
                               "parameters; name the output layer with head=...")
@@ -95,7 +94,12 @@ class SPG(Method):
         self._before_shared: list[Tensor] | None = None  # step mask: θ before the step
         self._before_heads: list[Tensor] | None = None
         self._scales_of: list[Tensor] | None = None  # the importance _scales was computed for
-        self._scales: tuple[list[Tensor], float] = ([], 1.0)
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        shared = self.shared
+        self._split()
+        # a shared parameter that joins training (a new LoRA adapter) matters to no past task
+        self.importance = carry_over(self.importance, shared, self.shared, torch.zeros_like)
 
     # --- training: scale gradients (or steps) ------------------------------------------------
     def head_scale(self) -> float:
