@@ -4,8 +4,9 @@ Both UPGD (Elsayed & Mahmood 2024) and Shrink & Perturb (Dohare et al. 2024) def
 fresh for every weight at every step. A source that re-uses numbers across steps (the rolling
 table this project once had) keeps each step's noise N(0, σ²) but correlates the steps, so the
 weights drift further than the formula says: on this test its sums had 1.00x (K = 8), 1.48x
-(K = 32) and 1.50x (K = 128) the variance of independent noise, through every method alike. Every noise source that remains is checked here, as
-drawn by itself and as it reaches the weights through each method that uses it.
+(K = 32) and 1.50x (K = 128) the variance of independent noise, through every method alike.
+Every noise source that remains is checked here, as drawn by itself and as it reaches the
+weights through each method that uses it.
 
 Statistics: with n weights and zero-mean sums S_i, the estimate mean(S_i²) / (K σ²) of the
 variance ratio has a relative standard error of √(2/n) = 0.28% for n = 262,656 (a 512 × 512

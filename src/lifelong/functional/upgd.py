@@ -40,9 +40,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..core.batch import Batch
+from ..integrations.distributed import all_reduce_mean_
+from .hessian import LinearChainRecorder, LinearCurvature, output_curvature
 
 # x ⊙ sigmoid(β v) in one pass (x where β v > c): see `gate_`
 _times_sigmoid = torch.ops.aten.softplus_backward.grad_input
@@ -75,21 +80,25 @@ class Layout:
     keep_views: list[Tensor]
 
 
-def weight_layout(state: UPGDState, like: Sequence[Tensor]) -> Layout:
-    """One utility per entry of each tensor in `like` (the trace has their total size)."""
-    sizes = [t.numel() for t in like]
+def init_weights(params: Sequence[Tensor]) -> tuple[UPGDState, Layout]:
+    """A zero trace with one utility per entry of each tensor in `params`, and its layout."""
+    sizes = [p.numel() for p in params]
+    state = UPGDState(params[0].new_zeros(sum(sizes)))
     keep = torch.empty_like(state.trace)
 
     def shaped(flat: Tensor) -> list[Tensor]:
-        return [part.view(t.shape) for part, t in zip(flat.split(sizes), like)]
+        return [part.view(p.shape) for part, p in zip(flat.split(sizes), params)]
 
-    return Layout(sizes, shaped(state.trace), list(range(len(sizes))), keep, shaped(keep))
+    return state, Layout(sizes, shaped(state.trace), list(range(len(sizes))), keep, shaped(keep))
 
 
-def feature_layout(state: UPGDState, units: Sequence[int], biased: Sequence[bool]) -> Layout:
-    """One utility per hidden unit: layer k has `units[k]` units gating the rows of its weight
-    and, if `biased[k]`, the entries of its bias (the gated tensors in that order)."""
+def init_units(units: Sequence[int], biased: Sequence[bool], like: Tensor
+               ) -> tuple[UPGDState, Layout]:
+    """A zero trace with one utility per hidden unit, and its layout: layer k has `units[k]`
+    units gating the rows of its weight and, if `biased[k]`, the entries of its bias (the gated
+    tensors in that order). `like`: the parameters' dtype and device."""
     sizes = list(units)
+    state = UPGDState(like.new_zeros(sum(sizes)))
     keep = torch.empty_like(state.trace)
     utility, keep_views, segment = [], [], []
     for k, (u, kept, bias) in enumerate(zip(state.trace.split(sizes), keep.split(sizes), biased)):
@@ -100,7 +109,7 @@ def feature_layout(state: UPGDState, units: Sequence[int], biased: Sequence[bool
             utility.append(u)
             keep_views.append(kept)
             segment.append(k)
-    return Layout(sizes, utility, segment, keep, keep_views)
+    return state, Layout(sizes, utility, segment, keep, keep_views)
 
 
 # --- the trace ---------------------------------------------------------------------------------
@@ -136,11 +145,39 @@ def add_weight_utility_(trace: Sequence[Tensor], grads: Sequence[Tensor],
     torch._foreach_addcmul_(trace, grads, params, value=-coefficient)
 
 
-def add_curvature_(trace: Sequence[Tensor], hessians: list[Tensor], params: Sequence[Tensor],
-                   coefficient: float) -> None:
-    """v += c·½ h⊙θ² (second order); `hessians` is overwritten (with h⊙θ)."""
-    torch._foreach_mul_(hessians, params)
-    torch._foreach_addcmul_(trace, hessians, params, value=coefficient / 2)
+def add_curvature_(trace: Sequence[Tensor], params: Sequence[Tensor], index: dict[int, int],
+                   curvature: dict[nn.Linear, LinearCurvature], coefficient: float) -> None:
+    """Second order: v += c·½ h⊙θ² for the parameters whose diagonal Hessian h `curvature` holds
+    (`index`: id(parameter) → its position in `params` and `trace`); h is overwritten."""
+    targets, hessians, chosen = [], [], []
+    for layer, c in curvature.items():
+        for p, h in ((layer.weight, c.weight), (layer.bias, c.bias)):
+            i = None if p is None or h is None else index.get(id(p))
+            if i is not None:
+                targets.append(trace[i])
+                hessians.append(h)
+                chosen.append(params[i])
+    torch._foreach_mul_(hessians, chosen)  # h⊙θ, in place
+    torch._foreach_addcmul_(targets, hessians, chosen, value=coefficient / 2)
+
+
+def batch_curvature(recorder: LinearChainRecorder, batch: Batch, output: Tensor | None,
+                    readout: Any, units: bool) -> dict[nn.Linear, LinearCurvature] | None:
+    """The diagonal Hessian of the task loss of `batch` for the Linear layers of the model's
+    trailing chain, from the recorded forward pass that returned `output`: exact for the output
+    layer, HesScale below (`lifelong.functional.hessian`); averaged over data-parallel replicas,
+    as DDP averages g. None when that pass did not go through the chain with this batch."""
+    records = recorder.find(output)
+    last = None if records is None else records[recorder.chain[-1]][1]
+    if last is None or last.shape[0] != len(batch):
+        return None
+    hessian, gradient = output_curvature(last, batch.y, batch.task_ids, readout,
+                                         batch.extras.get("loss_weight"),
+                                         with_gradient=recorder.curved)
+    curvature = recorder.curvature(records, hessian, gradient, units=units)
+    all_reduce_mean_([h for c in curvature.values() for h in (c.weight, c.bias, c.unit)
+                      if h is not None])
+    return curvature
 
 
 def add_unit_utility_(segments: Sequence[Tensor], grads: Sequence[Tensor],

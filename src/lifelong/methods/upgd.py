@@ -44,17 +44,10 @@ from ..core.registry import register_method
 from ..errors import ConfigError
 from ..functional import gradients_of
 from ..functional import upgd as F
-from ..functional.hessian import LinearChainRecorder, LinearCurvature, output_curvature
+from ..functional.hessian import LinearChainRecorder, LinearCurvature
 from ..functional.noise import GaussianNoise
-from ..integrations.distributed import all_reduce_mean_, broadcast_generator_
+from ..integrations.distributed import broadcast_generator_
 from ..models.introspection import find_output_layer, linear_layers
-
-REMOVED = {
-    "fused": "the compiled CPU kernel is gone (no C compiler runs at attach any more); the step "
-             "is PyTorch operations; drop the key",
-    "noise": "the noise is always fresh N(0, σ²) per weight and step, drawn with PyTorch's "
-             "generator (the table and counter sources are gone); drop the key",
-}
 
 
 @dataclasses.dataclass
@@ -74,7 +67,11 @@ class UPGDConfig(Config):
     level: Literal["weight", "feature"] = option(
         "weight", "weight: one utility per weight; feature: one per hidden unit, gating its "
         "incoming weights and bias (output layer ungated)")
-    removed = REMOVED
+    removed = {"fused": "the compiled CPU kernel is gone (no C compiler runs at attach any "
+                        "more); the step is PyTorch operations; drop the key",
+               "noise": "the noise is always fresh N(0, σ²) per weight and step, drawn with "
+                        "PyTorch's generator (the table and counter sources are gone); drop "
+                        "the key"}
 
 
 @register_method
@@ -112,16 +109,13 @@ class UPGD(Method):
         self.host_scalars = device.type == "cpu"  # reading M costs no device sync
         if cfg.level == "weight":
             self._gated = list(range(len(params)))
-            self.state = F.UPGDState(torch.zeros(sum(p.numel() for p in params), dtype=dtype,
-                                                 device=device))
-            self.layout = F.weight_layout(self.state, params)
+            self.state, self.layout = F.init_weights(params)
         else:
             self._hidden = self._hidden_layers()
             self._gated = [i for _, w, b in self._hidden for i in (w, b) if i is not None]
-            self.state = F.UPGDState(torch.zeros(sum(m.out_features for m, _, _ in self._hidden),
-                                                 dtype=dtype, device=device))
-            self.layout = F.feature_layout(self.state, [m.out_features for m, _, _ in self._hidden],
-                                           [b is not None for _, _, b in self._hidden])
+            self.state, self.layout = F.init_units([m.out_features for m, _, _ in self._hidden],
+                                                   [b is not None for _, _, b in self._hidden],
+                                                   params[0])
         self._all_gated = len(self._gated) == len(params)
         self._gated_params = [params[i] for i in self._gated]
         self.noise = GaussianNoise(self._gated_params, self.generator) if cfg.sigma > 0 else None
@@ -158,15 +152,8 @@ class UPGD(Method):
         if cfg.level == "weight":
             F.add_weight_utility_(self.layout.utility, grads, self.params, coefficient)
             if curvature:
-                targets, hessians, params = [], [], []
-                for layer, c in curvature.items():
-                    for p, h in ((layer.weight, c.weight), (layer.bias, c.bias)):
-                        i = None if p is None or h is None else self._index.get(id(p))
-                        if i is not None:
-                            targets.append(self.layout.utility[i])
-                            hessians.append(h)  # ours: overwritten
-                            params.append(self.params[i])
-                F.add_curvature_(targets, hessians, params, coefficient)
+                F.add_curvature_(self.layout.utility, self.params, self._index, curvature,
+                                 coefficient)
         else:
             units = [curvature[m].unit if m in curvature else None for m, _, _ in self._hidden]
             F.add_unit_utility_(list(state.trace.split(self.layout.sizes)), gated,
@@ -197,24 +184,14 @@ class UPGD(Method):
                     "upgd utility=second needs each step's batch (targets, task ids): the "
                     "trainer passes it; in your own loop call method.add_penalty(loss, batch, "
                     "output) or method.prepare_batch(batch) before backward()")
-            records = recorder.find(self._output)
-            output = None if records is None else records[recorder.chain[-1]][1]
-            if output is None or output.shape[0] != len(batch):
-                if not self._warned:
-                    warnings.warn("upgd: the last forward pass did not go through the model's "
-                                  "Linear chain with this batch; this step uses first order",
-                                  stacklevel=3)
-                    self._warned = True
-                return {}
-            hessian, gradient = output_curvature(
-                output, batch.y, batch.task_ids, self.readout, batch.extras.get("loss_weight"),
-                with_gradient=recorder.curved)
-            curvature = recorder.curvature(records, hessian, gradient,
-                                           units=self.config.level == "feature")
-            # data-parallel: the curvature of the global batch's loss, as DDP averages g
-            all_reduce_mean_([h for c in curvature.values()
-                              for h in (c.weight, c.bias, c.unit) if h is not None])
-            return curvature
+            curvature = F.batch_curvature(recorder, batch, self._output, self.readout,
+                                          units=self.config.level == "feature")
+            if curvature is None and not self._warned:
+                warnings.warn("upgd: the last forward pass did not go through the model's "
+                              "Linear chain with this batch; this step uses first order",
+                              stacklevel=3)
+                self._warned = True
+            return curvature or {}
         finally:
             self._batch = self._output = None
             recorder.clear()

@@ -58,9 +58,7 @@ class UPGD(torch.optim.Optimizer):
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        numel = sum(p.numel() for p in self.params)
-        self.upgd = F.UPGDState(torch.zeros(numel, dtype=dtype, device=device))
-        self.layout = F.weight_layout(self.upgd, self.params)
+        self.upgd, self.layout = F.init_weights(self.params)
         # the draws land in this buffer, which then holds g' (also when σ = 0: scratch space)
         self.noise = GaussianNoise(self.params, self.generator)
         self.host_scalars = device.type == "cpu"
