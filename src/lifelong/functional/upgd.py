@@ -29,10 +29,9 @@ Why the numbers are right, and fast at batch size 1:
 - Guard: if M ≤ 0 or M is not finite, no weight has positive utility, nothing is protected:
   s = 0 (plain SGD plus the full noise); with local scaling, per segment.
 - The gate on the host (CPU tensors): M is read as a number (no device to wait for) and each
-  tensor takes one fused pass, aten.softplus_backward(x, v, β, c) = x ⊙ sigmoid(β v), with
-  β = −1/M (or β = 0 and c = −1, which returns x, for the guard), and x itself where β v > c,
-  where sigmoid rounds to 1 anyway. On an accelerator M stays on the device: 1 − s is computed
-  into a buffer and multiplied in.
+  tensor takes one fused pass, aten.softplus_backward(x, v, β, c) = x ⊙ sigmoid(β v) with
+  β = −1/M (x itself where β v > c, where sigmoid rounds to 1 anyway), or none for the guard. On
+  an accelerator M stays on the device: 1 − s is computed into a buffer and multiplied in.
 """
 
 from __future__ import annotations
@@ -157,6 +156,8 @@ def add_curvature_(trace: Sequence[Tensor], params: Sequence[Tensor], index: dic
                 targets.append(trace[i])
                 hessians.append(h)
                 chosen.append(params[i])
+    if not targets:
+        return
     torch._foreach_mul_(hessians, chosen)  # h⊙θ, in place
     torch._foreach_addcmul_(targets, hessians, chosen, value=coefficient / 2)
 
@@ -234,11 +235,14 @@ def gate_(targets: Sequence[Tensor], out: Sequence[Tensor], state: UPGDState, la
     one fused pass per tensor (CPU tensors); else keep M on the device."""
     if on_host:
         saturation = 40.0 if state.trace.dtype == torch.float64 else 20.0  # sigmoid rounds to 1
-        slopes = [(-1.0 / m, saturation) if m > 0 and math.isfinite(m) else (0.0, -1.0)
+        slopes = [-1.0 / m if m > 0 and math.isfinite(m) else None
                   for m in maxima(state, layout, local).tolist()]
         for x, u, k, y in zip(targets, layout.utility, layout.segment, out):
-            slope, cut = slopes[k if local else 0]
-            _times_sigmoid(x, u, slope, cut, grad_input=y)
+            slope = slopes[k if local else 0]
+            if slope is not None:
+                _times_sigmoid(x, u, slope, saturation, grad_input=y)
+            elif y is not x:  # the guard: 1 − s = 1
+                y.copy_(x)
         return
     keep_(state, layout, local)
     if out is targets:
