@@ -157,7 +157,7 @@ def test_feature_utility_is_that_of_the_pre_activations() -> None:
     grads = [p.grad for m in hidden for p in (m.weight, m.bias)]
     params = [p.detach() for m in hidden for p in (m.weight, m.bias)]
     curvature = [torch.rand(4, dtype=torch.float64), None]
-    F.add_unit_utility_(list(state.trace.split(layout.sizes)), grads, params, [True, True], 0.2,
+    F.add_unit_utility_(layout.segments, grads, params, [True, True], 0.2,
                         curvature)
     expected[:4] += 0.5 * curvature[0]
     torch.testing.assert_close(state.trace, 0.2 * expected)

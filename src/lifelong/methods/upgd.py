@@ -113,9 +113,9 @@ class UPGD(Method):
         else:
             self._hidden = self._hidden_layers()
             self._gated = [i for _, w, b in self._hidden for i in (w, b) if i is not None]
+            self._biased = [b is not None for _, _, b in self._hidden]
             self.state, self.layout = F.init_units([m.out_features for m, _, _ in self._hidden],
-                                                   [b is not None for _, _, b in self._hidden],
-                                                   params[0])
+                                                   self._biased, params[0])
         self._all_gated = len(self._gated) == len(params)
         self._gated_params = [params[i] for i in self._gated]
         self.noise = GaussianNoise(self._gated_params, self.generator) if cfg.sigma > 0 else None
@@ -156,8 +156,7 @@ class UPGD(Method):
                                  coefficient)
         else:
             units = [curvature[m].unit if m in curvature else None for m, _, _ in self._hidden]
-            F.add_unit_utility_(list(state.trace.split(self.layout.sizes)), gated,
-                                self._gated_params, [b is not None for _, _, b in self._hidden],
+            F.add_unit_utility_(self.layout.segments, gated, self._gated_params, self._biased,
                                 coefficient, units)
         noise = None if self.noise is None else self.noise.sample()
         F.perturb_and_gate_(gated, gated, noise, state, self.layout, sigma=cfg.sigma,
@@ -201,7 +200,7 @@ class UPGD(Method):
         """û = ū / (1 − βᵗ), per parameter (level=weight) or per hidden layer (feature)."""
         factor = F.corrected_scale(self.state, self.config.beta_utility)
         segments = (self.layout.utility if self.config.level == "weight"
-                    else self.state.trace.split(self.layout.sizes))
+                    else self.layout.segments)
         return [u * factor for u in segments]
 
     def gate(self) -> list[Tensor]:
