@@ -4,7 +4,7 @@ Rahman, Mahmood and Sutton, "Loss of plasticity in deep continual learning", Nat
 For every hidden layer (`lifelong.models.introspection.hidden_units`) and unit j, with h the
 unit's features in the step's training forward pass (the next layer's input; a conv unit's over
 batch and positions) and w_out everything that reads unit j (the next layer's column j, a conv
-next layer's kernels of input channel j, or the columns of channel j after a flatten):
+next layer's weights of input channel j, or the columns of channel j after a flatten):
 
 - age_j += 1; running mean f_j ← η f_j + (1 − η) mean(h_j);
 - instantaneous utility, "contribution": mean|h_j| · Σ|w_out|, or "adaptable" (the adaptable
