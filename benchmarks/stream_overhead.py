@@ -33,11 +33,9 @@ from lifelong.streaming import Stream, train_stream
 METHODS = {
     "stream naive": ("naive", {}),
     "cbp": ("cbp", {}),
-    "cbp (PyTorch ops)": ("cbp", {"cbp": {"fused": False}}),
+    "cbp (adaptable)": ("cbp", {"cbp": {"utility": "adaptable"}}),
     "upgd (first order)": ("upgd", {"upgd": {"utility": "first"}}),
-    "upgd (table noise)": ("upgd", {"upgd": {"noise": "table"}}),
     "upgd (σ = 0: no noise)": ("upgd", {"upgd": {"sigma": 0.0}}),
-    "upgd (PyTorch ops)": ("upgd", {"upgd": {"fused": False}}),
     "upgd (second order)": ("upgd", {"upgd": {"utility": "second"}}),
     "shrink-perturb": ("shrink-perturb", {}),
     "l2 (weight decay)": ("l2", {"l2": {"anchor": "zero", "lambda": 1e-3}}),

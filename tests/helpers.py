@@ -56,20 +56,3 @@ def train_tasks(method, model, optimizer, scenario, tasks, *, epochs: int = 3,
         train_task(model, optimizer, method, scenario.readout, method.training_data(t, data),
                    batch_size=batch_size, epochs=epochs, generator=generator)
         method.after_task(t, data)
-
-
-def require_native(name: str):
-    """The compiled kernel `name` (lifelong.functional.kernels), or skip the test where this
-    machine cannot build it; with LIFELONG_REQUIRE_NATIVE=1 (CI sets it) a missing kernel fails
-    instead of skipping."""
-    import pytest
-
-    from lifelong.functional import kernels
-
-    library = kernels.load(name)
-    if library is None:
-        reason = f"native kernel '{name}' unavailable: {kernels.unavailable(name)}"
-        if os.environ.get("LIFELONG_REQUIRE_NATIVE") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return library

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import require_native
 from torch import nn
 
 import lifelong.methods.cbp  # noqa: F401  (registers the method)
 from lifelong.errors import ConfigError
-from lifelong.methods.cbp import CBP, hidden_layers
+from lifelong.functional.cbp import init_bound
+from lifelong.methods.cbp import CBP
 from lifelong.models import MLP
+from lifelong.models.introspection import hidden_units
 
 torch.set_num_threads(1)
 
@@ -96,24 +97,14 @@ def numpy_statistics(records, eta: float, kind: str):
     return state
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("kind", ["contribution", "adaptable"])
 @pytest.mark.parametrize("net,batch", [(mlp, 1), (mlp, 4), (conv_net, 1), (conv_net, 3)])
-def test_statistics_follow_the_recurrence(kind, net, batch, fused) -> None:
-    """Both paths: the compiled step (batch 1, Linear layers) and PyTorch's."""
+def test_statistics_follow_the_recurrence(kind, net, batch) -> None:
     model = net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     eta = 0.9
-    kernel = fused and net is mlp
-    if kernel:
-        require_native("cbp")
-    method = CBP(decay_rate=eta, utility=kind, replacement_rate=0.0, fused=fused).attach(
+    method = CBP(decay_rate=eta, utility=kind, replacement_rate=0.0).attach(
         model, optimizer, seed=0)
-    assert (method._kernel is not None) == kernel
-    calls = []
-    if kernel:  # count the steps that went through it (batch 1 only)
-        kernel_step = method._kernel.step
-        method._kernel.step = lambda *args: (calls.append(1), kernel_step(*args))
     recorder = Recorder(model)
     layers = weight_layers(model)
     generator = torch.Generator().manual_seed(1)
@@ -146,41 +137,14 @@ def test_statistics_follow_the_recurrence(kind, net, batch, fused) -> None:
         assert got_age.tolist() == [age] * len(u)
         np.testing.assert_allclose(corrected.double().numpy(), u / (1 - eta ** age), rtol=1e-4,
                                    atol=1e-7)
-    assert len(calls) == (6 if kernel and batch == 1 else 0)
-
-
-@pytest.mark.parametrize("kind,eta", [("contribution", 0.99), ("adaptable", 0.9),
-                                      ("adaptable", 0.0)])
-def test_compiled_and_pytorch_statistics_replace_the_same_units(kind, eta) -> None:
-    """300 batch-1 steps with frequent replacement: the compiled step and PyTorch's pick the same
-    units and end with the same weights and statistics."""
-    require_native("cbp")
-    runs = []
-    for fused in (True, False):
-        model = mlp()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-        method = CBP(replacement_rate=0.02, maturity_threshold=10, fused=fused, utility=kind,
-                     decay_rate=eta).attach(model, optimizer, seed=3)
-        assert (method._kernel is not None) == fused
-        generator = torch.Generator().manual_seed(2)
-        for _ in range(300):
-            train_step(model, optimizer, inputs(model, 1, generator),
-                       torch.randint(0, 3, (1,), generator=generator))
-        runs.append((model, method))
-    (fast, fast_method), (plain, plain_method) = runs
-    assert fast_method.replaced == plain_method.replaced and sum(fast_method.replaced) > 10
-    for a, b in zip(fast.parameters(), plain.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(fast_method.utility + fast_method.mean_activation,
-                    plain_method.utility + plain_method.mean_activation):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_layer_discovery() -> None:
-    found = hidden_layers(MLP((2, 4), (16, 12), 5, dropout=0.1))
+    found = hidden_units(MLP((2, 4), (16, 12), 5, dropout=0.1), "cbp")
     assert [h.units for h in found] == [16, 12]
-    assert [h.bound for h in found] == pytest.approx([1 / math.sqrt(8), 1 / math.sqrt(16)])
-    found = hidden_layers(conv_net())
+    assert [init_bound(h.layer.weight, "default") for h in found] == pytest.approx(
+        [1 / math.sqrt(8), 1 / math.sqrt(16)])
+    found = hidden_units(conv_net(), "cbp")
     assert [(h.units, h.units_last) for h in found] == [(4, False), (5, False), (6, True)]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import require_native, tiny_mlp, toy_scenario
+from helpers import tiny_mlp, toy_scenario
 from test_conformance import hooks
 
 import lifelong.methods.upgd  # noqa: F401  (registers the method)
@@ -73,27 +73,23 @@ def reference_run(data: list[Batch], *, lr: float, beta: float = 0.999, sigma: f
     return theta
 
 
-# The three code paths of the step: the compiled CPU kernel (float32 on the CPU, the default
-# there), PyTorch operations with M read on the host (fused=false; float64, ...), and the
-# accelerator's PyTorch path (M kept on the device), run here on the CPU.
-PATHS = ("kernel", "aten", "device")
+# The two code paths of the step: M read on the host with one fused gate pass per tensor (CPU
+# tensors), and the accelerator's path (M kept on the device), run here on the CPU.
+PATHS = ("host", "device")
 
 
 def on_path(method: UPGD, path: str) -> UPGD:
-    """Check that `method` (attached with fused=path == "kernel") takes `path`."""
-    if path == "kernel":
-        require_native("upgd")
-    assert (method._kernel is not None) == (path == "kernel")
-    method._host_scalars = path != "device"
+    """Make `method` take `path`."""
+    assert method.host_scalars  # the default on the CPU
+    method.host_scalars = path != "device"
     return method
 
 
-def method_run(data: list[Batch], *, lr: float, path: str = "kernel", seed: int = 0,
+def method_run(data: list[Batch], *, lr: float, path: str = "host", seed: int = 0,
                **config) -> tuple[list[np.ndarray], UPGD]:
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    method = UPGD(**{"noise": "exact", "fused": path == "kernel", **config}).attach(
-        model, optimizer, seed=seed)
+    method = UPGD(**config).attach(model, optimizer, seed=seed)
     on_path(method, path)
     for batch in data:
         optimizer.zero_grad(set_to_none=True)
@@ -190,8 +186,7 @@ def test_bias_correction_and_global_versus_local_maximum(path: str) -> None:
     grads = [torch.tensor([[-1.0, -0.5, 0.25], [2.0, -1.0, -0.1]]), torch.tensor([-0.2, 0.3])]
     u = [-(g * p.detach()) for g, p in zip(grads, model.parameters())]  # weight: max 1, bias .3
     for scaling, maxima in (("global", (1.0, 1.0)), ("local", (1.0, 0.3))):
-        method = on_path(UPGD(beta_utility=0.5, sigma=0.0, scaling=scaling,
-                              fused=path == "kernel").attach(
+        method = on_path(UPGD(beta_utility=0.5, sigma=0.0, scaling=scaling).attach(
             model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0), path)
         set_grads(model, grads)
         method.transform_grads()
@@ -226,7 +221,7 @@ def test_no_positive_utility_protects_nothing(path: str) -> None:
     weight_grad = model.weight.detach() * 0.7  # u = −0.7θ² ≤ 0 for every weight
     bias_grad = -model.bias.detach()  # u = θ² > 0 for the bias
     for scaling in ("global", "local"):
-        method = on_path(UPGD(sigma=0.0, scaling=scaling, fused=path == "kernel").attach(
+        method = on_path(UPGD(sigma=0.0, scaling=scaling).attach(
             model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0), path)
         set_grads(model, [torch.zeros(2, 3), torch.zeros(2)])  # u = 0 everywhere: M = 0
         method.transform_grads()
@@ -243,20 +238,17 @@ def test_no_positive_utility_protects_nothing(path: str) -> None:
             assert bool(((ratio > 0.5) & (ratio < 1)).all())
         assert bool((model.bias.grad.abs() < bias_grad.abs()).all())
         method.detach()
-    method = on_path(UPGD(sigma=0.0, fused=path == "kernel").attach(
+    method = on_path(UPGD(sigma=0.0).attach(
         model, torch.optim.SGD(model.parameters(), lr=0.1)), path)
     set_grads(model, [weight_grad * float("nan"), bias_grad])  # M not finite
     method.transform_grads()
     torch.testing.assert_close(model.bias.grad, bias_grad, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("noise", ["exact", "table", "counter"])
-def test_noise_has_the_right_statistics(noise: str) -> None:
+def test_noise_has_the_right_statistics() -> None:
     """With zero gradients the gate is 1, so the transformed gradient is the noise itself."""
-    if noise == "counter":
-        require_native("upgd")
     model = torch.nn.Linear(20, 10)
-    method = UPGD(sigma=2.0, noise=noise).attach(
+    method = UPGD(sigma=2.0).attach(
         model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
     draws = []
     for _ in range(300):
@@ -269,61 +261,6 @@ def test_noise_has_the_right_statistics(noise: str) -> None:
     lag = (xi[1:] * xi[:-1]).mean() / xi.var()  # a weight's successive draws
     assert abs(float(lag)) < 0.03
     assert all(len(row.unique()) == len(row) for row in xi[:20])  # distinct within a step
-
-
-def test_counter_noise_is_drawn_in_the_kernel_and_resumes_exactly() -> None:
-    """noise=counter: ξ of step t is a function of (key, t), so a run restored from a state dict
-    draws the same noise as the run that went on; it needs the kernel, else a clear error."""
-    require_native("upgd")
-    data = batches(6)
-
-    def run(steps: list[Batch], state=None):
-        model = tiny_mlp()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        method = UPGD(sigma=0.3, beta_utility=0.9, noise="counter").attach(model, optimizer,
-                                                                           seed=4)
-        if state is not None:
-            model.load_state_dict(state[0])
-            method.load_state_dict(state[1])
-        for batch in steps:
-            optimizer.zero_grad()
-            batch.loss(model(batch.x)).backward()
-            optimizer.step()
-        return model, method
-
-    whole, _ = run(data)
-    half, method = run(data[:3])
-    state = (half.state_dict(), method.state_dict())
-    resumed, _ = run(data[3:], state)
-    for a, b in zip(whole.parameters(), resumed.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    other, _ = run(data[:3])
-    assert method.noise_key is not None and method.noise is None
-    for a, b in zip(other.parameters(), half.parameters()):
-        assert torch.equal(a, b)  # the same seed, the same noise
-    model = tiny_mlp()
-    for config in ({"fused": False}, {"level": "feature"}):
-        with pytest.raises(ConfigError, match="noise=counter"):
-            UPGD(noise="counter", **config).attach(
-                model, torch.optim.SGD(model.parameters(), lr=0.1))
-
-
-def test_table_noise_is_a_window_of_the_table_gated_by_one_minus_s() -> None:
-    """Non-protecting, table: g' − g = ξ ⊙ (1 − s) with ξ/σ a contiguous run of the table."""
-    model = tiny_mlp()
-    method = UPGD(sigma=0.5, noise="table", protect=False).attach(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
-    for batch in batches(5):
-        model.zero_grad()
-        batch.loss(model(batch.x)).backward()
-        grads = [p.grad.clone() for p in model.parameters()]
-        method.transform_grads()
-        keep = torch.cat([k.flatten() for k in method.gate()])
-        xi = torch.cat([(p.grad - g).flatten() for p, g in zip(model.parameters(), grads)]) / keep
-        xi = xi / 0.5
-        pool = method.noise.table
-        start = int((pool - xi[0]).abs().argmin())
-        torch.testing.assert_close(xi, pool[start:start + len(xi)], rtol=1e-4, atol=1e-5)
 
 
 # --- second order: the Hessian diagonal --------------------------------------------------------
@@ -517,7 +454,7 @@ def test_feature_level_gates_rows_by_unit_utility() -> None:
 
 def test_feature_level_noise_spares_the_output_layer() -> None:
     model = tiny_mlp()
-    method = UPGD(level="feature", sigma=0.1, noise="exact").attach(
+    method = UPGD(level="feature", sigma=0.1).attach(
         model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
     batch = batches(1)[0]
     batch.loss(model(batch.x)).backward()
@@ -530,10 +467,10 @@ def test_feature_level_noise_spares_the_output_layer() -> None:
 
 # --- state, composition, configuration ---------------------------------------------------------
 @pytest.mark.parametrize("config", [
-    {"noise": "table", "beta_utility": 0.5},
+    {"beta_utility": 0.5},
     {"utility": "second", "sigma": 0.01},
     {"level": "feature", "scaling": "local", "protect": False, "sigma": 0.01},
-], ids=["table", "second", "feature-local-nonprotecting"])
+], ids=["first", "second", "feature-local-nonprotecting"])
 def test_state_dict_round_trip_continues_identically(config) -> None:
     scenario = toy_scenario("task")
     data = scenario.tasks[0].train_data()
@@ -563,7 +500,7 @@ def test_state_dict_round_trip_continues_identically(config) -> None:
 
 
 @pytest.mark.parametrize("config", [{"utility": "second"}, {"level": "feature"},
-                                    {"noise": "table", "protect": False}])
+                                    {"protect": False}])
 def test_variants_train_and_detach_cleanly(config) -> None:
     scenario = toy_scenario("class")
     model = tiny_mlp(outputs=scenario.num_outputs)
@@ -587,7 +524,8 @@ def test_variants_train_and_detach_cleanly(config) -> None:
     ({"scaling": "layer"}, "global, local"),
     ({"level": "unit"}, "weight, feature"),
     ({"utility": "third"}, "first, second"),
-    ({"noise": "cheap"}, "auto, exact, counter, table"),
+    ({"noise": "table"}, "^upgd.noise was removed: the noise is always fresh"),
+    ({"fused": True}, "^upgd.fused was removed: the compiled CPU kernel is gone"),
     ({"protect": "maybe"}, "true or false"),
 ])
 def test_bad_config_is_refused(values, message) -> None:

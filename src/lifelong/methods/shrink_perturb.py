@@ -3,7 +3,8 @@
 Two forms:
 
 - `mode=step` (Dohare et al. 2024; Elsayed & Mahmood 2024): at every update
-  θ ← (1 − lr·wd)·θ − lr·g + ξ, ξ ~ N(0, σ²). The shrink is applied in the optimizer's pre-step
+  θ ← (1 − lr·wd)·θ − lr·g + ξ, ξ ~ N(0, σ²) fresh for every weight and step (one `normal_` call
+  per step, `lifelong.functional.noise`). The shrink is applied in the optimizer's pre-step
   hook (so the gradient is the one at the old weights, exactly as in the formula) and the noise in
   its post-step hook; with plain SGD the update is the formula, with another optimizer the shrink
   is decoupled weight decay (as AdamW's). Task-free.
@@ -39,9 +40,8 @@ class ShrinkPerturbConfig(Config):
     noise_std: float = option(1e-4, "step mode: standard deviation σ of the noise ξ", low=0)
     shrink: float = option(0.4, "task mode: λ, the weights' share", low=0, high=1)
     perturb: float = option(0.1, "task mode: p, the fresh initialisation's share", low=0)
-    noise_source: Literal["auto", "exact", "table"] = option(
-        "auto", "step mode: exact draws, or a rolling noise table (8x cheaper; auto: table on "
-        "the CPU), see lifelong.functional.noise")
+    removed = {"noise_source": "the noise is always fresh N(0, σ²) per weight and step, drawn "
+                               "with PyTorch's generator (the table source is gone); drop the key"}
 
 
 @register_method
@@ -49,7 +49,6 @@ class ShrinkPerturb(Method):
     name = "shrink-perturb"
     description = "Shrink & Perturb: weight shrinking plus noise, per step or at task boundaries"
     Config = ShrinkPerturbConfig
-    state_attrs = ("noise",)
 
     def __init__(self, config: ShrinkPerturbConfig | dict | None = None, **overrides: Any
                  ) -> None:
@@ -73,7 +72,7 @@ class ShrinkPerturb(Method):
         mine = {id(p) for p in self.params}
         self._shrink_groups = [([p for p in g["params"] if id(p) in mine], g)
                                for g in self.optimizer.param_groups]
-        self.noise = GaussianNoise(self.params, self.generator, self.config.noise_source)
+        self.noise = GaussianNoise(self.params, self.generator)
 
     def transform_grads(self) -> None:
         """Shrink before the step: (1 − lr·wd)θ, with each parameter group's lr."""

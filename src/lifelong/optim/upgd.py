@@ -2,18 +2,17 @@
 
     optimizer = lifelong.optim.UPGD(model.parameters(), lr=0.01)   # in place of SGD
 
-It performs exactly the update of the `upgd` method followed by plain SGD (see
-`lifelong.methods.upgd` for the algorithm and every option), but where the method is a gradient
-transform that any optimizer then applies, this optimizer owns the update, so on the CPU with
-float32 parameters the whole step (utility trace, maximum, noise, gate, weight decay and the
-parameter update) is one compiled call that never writes the transformed gradient: one pass over
-memory less than the method plus SGD, and no separate SGD step. Elsewhere (another device or
-dtype, no C compiler) it runs the method's PyTorch path and an SGD step, with the same result.
+First-order, weight-level UPGD: θ ← θ − lr·g' with g' = (g + ξ)⊙(1 − s) + wd·θ (protecting) or
+g + ξ⊙(1 − s) + wd·θ, ξ ~ N(0, σ²) fresh per weight and step; the formulas and the state are in
+`lifelong.functional.upgd` and the options those of the `upgd` method, which computes the same
+update as a gradient transform for any optimizer (and has the second-order and feature-level
+variants). Here the optimizer owns the update: g' is built in the noise buffer (no gradient is
+overwritten: `p.grad` stays the loss's own) and applied with one foreach call, so the result is
+bit for bit that of the method followed by `torch.optim.SGD`.
 
-Use the `upgd` method instead to combine UPGD with other methods or with another optimizer.
 The step uses `param_groups[0]["lr"]`, so learning-rate schedulers work; one parameter group only
-(the utilities' maximum spans all parameters). `state_dict()` holds the utilities and the noise
-state, so a restored optimizer continues exactly.
+(the utilities' maximum spans all parameters). `state_dict()` holds the trace, its origin, the
+step count and the noise generator's state, so a restored optimizer continues exactly.
 """
 
 from __future__ import annotations
@@ -22,15 +21,19 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..methods.upgd import UPGD as UPGDMethod
+from ..errors import ConfigError
+from ..functional import upgd as F
+from ..functional.noise import GaussianNoise
+from ..methods.upgd import UPGDConfig
 
 
 class UPGD(torch.optim.Optimizer):
     """Utility-based Perturbed Gradient Descent; keyword options are those of the `upgd` method
-    (`beta_utility`, `sigma`, `weight_decay`, `scaling`, `protect`, `noise`, `fused`; `utility`
-    and `level` are fixed to first order, weight level)."""
+    (`beta_utility`, `sigma`, `weight_decay`, `scaling`, `protect`; `utility` and `level` are
+    fixed to first order, weight level). `seed` seeds the noise generator (None: drawn from
+    torch's global generator)."""
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float = 0.01, *,
                  seed: int | None = 0, **options: Any) -> None:
@@ -41,17 +44,24 @@ class UPGD(torch.optim.Optimizer):
                 raise ValueError(f"UPGD (optimizer): '{fixed}' is not an option here; the "
                                  f"optimizer is first-order, weight-level UPGD (use the upgd "
                                  "method for the others)")
+        self.config = UPGDConfig.from_dict(options)
         super().__init__(params, {"lr": lr})
         if len(self.param_groups) != 1:
             raise ValueError("UPGD takes one parameter group: its utilities' maximum spans "
                              f"all parameters (got {len(self.param_groups)} groups)")
-        params = self.param_groups[0]["params"]
-        if not all(isinstance(p, nn.Parameter) for p in params):
-            raise ValueError("UPGD needs nn.Parameter objects (model.parameters())")
-        holder = nn.Module()
-        holder.params = nn.ParameterList(params)
-        self._sgd = torch.optim.SGD(params, lr=lr)  # the PyTorch path's update
-        self.method = UPGDMethod(**options).attach(holder, self._sgd, seed=seed)
+        self.params: list[Tensor] = self.param_groups[0]["params"]
+        if not self.params:
+            raise ValueError("UPGD got no parameters")
+        dtype, device = self.params[0].dtype, self.params[0].device
+        if any(p.dtype != dtype or p.device != device for p in self.params):
+            raise ConfigError("UPGD needs every parameter on one device with one dtype")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.upgd, self.layout = F.init_weights(self.params)
+        # the draws land in this buffer, which then holds g' (also when σ = 0: scratch space)
+        self.noise = GaussianNoise(self.params, self.generator)
+        self.host_scalars = device.type == "cpu"
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -59,24 +69,36 @@ class UPGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        lr = self.param_groups[0]["lr"]
-        if self.method.fused_kernel:
-            self.method.step_parameters(lr)
-        else:  # the method's transform runs as the SGD step's pre-hook
-            self._sgd.param_groups[0]["lr"] = lr
-            self._sgd.step()
+        cfg, params = self.config, self.params
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        coefficient = F.advance(self.upgd, cfg.beta_utility)
+        F.add_weight_utility_(self.layout.utility, grads, params, coefficient)
+        out = self.noise.sample() if cfg.sigma > 0 else self.noise.views
+        F.perturb_and_gate_(grads, out, out if cfg.sigma > 0 else None, self.upgd, self.layout,
+                            sigma=cfg.sigma, protect=cfg.protect, local=cfg.scaling == "local",
+                            on_host=self.host_scalars)
+        F.add_weight_decay_(out, params, cfg.weight_decay)
+        torch._foreach_add_(params, out, alpha=-self.param_groups[0]["lr"])
         return loss
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["upgd"] = self.method.state_dict()
+        state["upgd"] = {"trace": self.upgd.trace.clone(), "origin": self.upgd.origin,
+                         "steps": self.upgd.steps, "generator": self.generator.get_state(),
+                         "config": self.config.to_dict()}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        method_state = state_dict.pop("upgd", None)
-        if method_state is None:
+        saved = state_dict.pop("upgd", None)
+        if saved is None:
             raise ValueError("UPGD.load_state_dict: no 'upgd' entry (the utilities and noise "
                              "state); was this saved by another optimizer?")
+        if saved["trace"].shape != self.upgd.trace.shape:
+            raise ValueError(f"UPGD.load_state_dict: the saved trace has {saved['trace'].numel()}"
+                             f" entries, these parameters {self.upgd.trace.numel()}")
         super().load_state_dict(state_dict)
-        self.method.load_state_dict(method_state)
+        self.config = UPGDConfig.from_dict(saved["config"])
+        self.upgd.trace.copy_(saved["trace"])
+        self.upgd.origin, self.upgd.steps = int(saved["origin"]), int(saved["steps"])
+        self.generator.set_state(saved["generator"])
