@@ -15,14 +15,8 @@ from lifelong.core.method import CAPABILITIES, NoConfig
 from lifelong.core.registry import register_method
 from lifelong.errors import ConfigError
 
-# shrink_perturb.py still declares needs_task_boundaries as a property (its helper moves it to
-# capabilities()); strict, so the mark must go once it does
-PENDING = {"shrink-perturb"}
-NAMES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="capability as a property"))
-         if n in PENDING else n for n in list_methods()]
 
-
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list_methods())
 def test_capabilities_are_class_attributes_true_for_the_default_config(name: str) -> None:
     cls = get_method_class(name)
     method = cls()
@@ -38,6 +32,7 @@ def test_capabilities_are_class_attributes_true_for_the_default_config(name: str
     ("replay", {"buffer": "class-balanced"}, "needs_task_boundaries", True),
     ("agem", {"buffer": "reservoir"}, "needs_task_boundaries", False),
     ("l2", {"anchor": "zero"}, "needs_task_boundaries", False),
+    ("shrink-perturb", {"mode": "task"}, "needs_task_boundaries", True),
 ])
 def test_capabilities_that_depend_on_the_config_follow_it(name, settings, capability,
                                                           value) -> None:
@@ -211,7 +206,7 @@ def test_a_composite_loads_each_members_state_for_the_parameters_it_was_saved_wi
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("spec", ["ncl+lora", "lottery+lora"])
+@pytest.mark.parametrize("spec", ["ncl+lora", "lottery+lora", "upgd+lora"])
 def test_methods_that_cannot_follow_a_change_of_the_parameters_say_so(spec: str) -> None:
     pytest.importorskip("peft", reason="the hf extra is not installed")
     model = tiny_mlp()
@@ -221,3 +216,32 @@ def test_methods_that_cannot_follow_a_change_of_the_parameters_say_so(spec: str)
     model = tiny_mlp()  # after lora, the set no longer changes
     build_method("lora+" + spec.split("+")[0], {"lora": {"r": 2}}).attach(
         model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
+
+
+def test_cbp_cannot_follow_lora_in_either_order() -> None:
+    pytest.importorskip("peft", reason="the hf extra is not installed")
+    model = tiny_mlp()
+    with pytest.raises(ConfigError, match="cannot follow a change of the trainable parameters"):
+        build_method("cbp+lora", {"lora": {"r": 2}}).attach(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
+    model = tiny_mlp()  # adapters inside the layers: no longer a plain chain of units
+    with pytest.raises(ConfigError, match="cbp needs a plain chain"):
+        build_method("lora+cbp", {"lora": {"r": 2}}).attach(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
+
+
+def test_shrink_perturb_follows_the_adapters_a_lora_method_adds() -> None:
+    pytest.importorskip("peft", reason="the hf extra is not installed")
+    model = tiny_mlp(seed=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = build_method("inc-lora+shrink-perturb", {"inc-lora": {"r": 2}})
+    method.attach(model, optimizer, seed=0)
+    shrink_perturb = method.members[1]
+    for task in range(2):
+        method.before_task(task)
+        trained = trainable_ids(model)
+        assert [id(p) for p in shrink_perturb.params] == trained
+        assert sorted(id(p) for params, _ in shrink_perturb._shrink_groups for p in params) == \
+            sorted(trained)  # grouped by the optimizer's parameter groups
+        assert [n.shape for n in shrink_perturb.noise.sample()] == \
+            [p.shape for p in shrink_perturb.params]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -311,6 +311,15 @@ class Method:
     def __repr__(self) -> str:
         values = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
         return f"{type(self).__name__}({values})"
+
+
+def refuse_parameter_change(name: str, keeps: str) -> NoReturn:
+    """The `on_parameters_changed` of a method whose state cannot follow a change of the
+    trainable parameters: one line saying so, and the order of composition that works."""
+    raise ConfigError(f"{name} keeps {keeps} and cannot follow a change of the trainable "
+                      "parameters (lora attached after it, or inc-lora's and o-lora's adapter "
+                      f"per task); attach {name} after lora (lora+{name}), and not with inc-lora "
+                      "or o-lora")
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:

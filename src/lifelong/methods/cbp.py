@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.config import Config, option
-from ..core.method import Evaluator, Method
+from ..core.method import Evaluator, Method, refuse_parameter_change
 from ..core.probe import is_probing
 from ..core.registry import register_method
 from ..functional import cbp as F
@@ -101,6 +101,10 @@ class CBP(Method):
         super().load_state_dict(state)
         if self.model is not None:
             self._prepare()
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        refuse_parameter_change("cbp", "the units' utilities and ages of the layers it found at "
+                                "attach")
 
     def on_detach(self) -> None:
         self._features = [None] * len(self.layers)

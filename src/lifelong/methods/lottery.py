@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import Evaluator, Method
+from ..core.method import Evaluator, Method, refuse_parameter_change
 from ..core.probe import load_running_stats, save_running_stats
 from ..core.registry import register_method
 from ..errors import ConfigError
@@ -151,11 +151,8 @@ class Lottery(Method):
     def on_parameters_changed(self, before: list[Tensor]) -> None:
         # a frozen adapter would leave the ownership table, and evaluating an older task would
         # no longer zero the entries later tasks own
-        raise ConfigError("lottery keeps each entry's owning task for the parameters it found "
-                          "at attach and cannot follow a change of the trainable parameters "
-                          "(lora attached after it, or inc-lora's and o-lora's adapter per "
-                          "task); attach lottery after lora (lora+lottery), and not with "
-                          "inc-lora or o-lora")
+        refuse_parameter_change("lottery", "each entry's owning task for the parameters it "
+                                "found at attach")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import TRANSFORM, Method
+from ..core.method import TRANSFORM, Method, refuse_parameter_change
 from ..core.registry import register_method
 from ..errors import ConfigError
 from ..functional import diagonal_fisher, gradients_of
@@ -109,10 +109,7 @@ class NCL(Method):
         self._inverses: list[tuple[Tensor, Tensor]] | None = None
 
     def on_parameters_changed(self, before: list[Tensor]) -> None:
-        raise ConfigError("ncl keeps Kronecker factors for the layers it found at attach and "
-                          "cannot follow a change of the trainable parameters (lora attached "
-                          "after it, or inc-lora's and o-lora's adapter per task); attach ncl "
-                          "after lora (lora+ncl), and not with inc-lora or o-lora")
+        refuse_parameter_change("ncl", "Kronecker factors for the layers it found at attach")
 
     # --- the prior before any task ---------------------------------------------------------
     def training_data(self, task: int, data: Batch) -> Batch:

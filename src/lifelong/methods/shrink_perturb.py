@@ -56,9 +56,8 @@ class ShrinkPerturb(Method):
         self.noise: GaussianNoise | None = None
         self._shrink_groups: list[tuple[list[Tensor], dict[str, Any]]] = []
 
-    @property
-    def needs_task_boundaries(self) -> bool:  # type: ignore[override]
-        return self.config.mode == "task"
+    def capabilities(self) -> dict[str, Any]:
+        return {"needs_task_boundaries": self.config.mode == "task"}
 
     def uses(self, hook: str) -> bool:
         if hook in ("transform_grads", "after_step"):
@@ -67,6 +66,11 @@ class ShrinkPerturb(Method):
 
     def on_attach(self) -> None:
         broadcast_generator_(self.generator)  # data-parallel replicas draw the same noise
+        self.on_parameters_changed(self.params)
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        """Shrink and perturb exactly the parameters that train now (a LoRA method's newest
+        adapter, not the frozen ones)."""
         if self.config.mode != "step":
             return
         mine = {id(p) for p in self.params}

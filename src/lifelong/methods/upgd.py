@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..core.batch import Batch
 from ..core.config import Config, option
-from ..core.method import TRANSFORM, Method
+from ..core.method import TRANSFORM, Method, refuse_parameter_change
 from ..core.registry import register_method
 from ..errors import ConfigError
 from ..functional import gradients_of
@@ -126,6 +126,9 @@ class UPGD(Method):
                 warnings.warn("upgd: the model does not end in a chain of Linear layers, so no "
                               "Hessian diagonal is known: second order acts as first order",
                               stacklevel=3)
+
+    def on_parameters_changed(self, before: list[Tensor]) -> None:
+        refuse_parameter_change("upgd", "a utility trace per parameter it found at attach")
 
     def _hidden_layers(self) -> list[tuple[nn.Linear, int, int | None]]:
         """(layer, index of its weight, index of its bias) of every trained nn.Linear that is not
