@@ -142,6 +142,7 @@ def run_load(tmp_path, **env) -> tuple[bool, str | None]:
     return tuple(json.loads(done.stdout))
 
 
+@pytest.mark.slow
 def test_kernels_compile_once_into_the_cache(library, tmp_path):
     assert run_load(tmp_path) == (True, None)
     built = list((tmp_path / "kernels").glob("upgd-*.so"))
@@ -151,6 +152,7 @@ def test_kernels_compile_once_into_the_cache(library, tmp_path):
     assert built[0].stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_kernels_can_be_disabled_or_fail_to_build(tmp_path):
     loaded, why = run_load(tmp_path, LIFELONG_NATIVE="0")
     assert not loaded and "LIFELONG_NATIVE" in why
@@ -175,6 +177,7 @@ print(upgd._kernel is None, cbp._kernel is None, upgd.noise.source,
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env,warned", [({"CC": "false"}, 2), ({"LIFELONG_NATIVE": "0"}, 0),
                                         ({"LIFELONG_CACHE_DIR": "/proc/not-writable"}, 2)])
 def test_methods_fall_back_to_pytorch_without_the_kernels(tmp_path, env, warned):
