@@ -94,8 +94,11 @@ LOTTERY = {"rounds": 2, "round_steps": 4}  # prunes at steps 4 and 8 of 6-18 ste
 REWINDS = {"batchnorm": "a pruning round rewinds the running statistics with the weights"}
 # The proxy KL needs dropout, which the round trip cannot redraw: conformance's BERT has none.
 PROXY_KL = {"conformance": "the proxy KL needs dropout, which a restored run cannot redraw"}
-# Statistics made of DDP's averaged gradients and the (equal) weights: nothing to reduce, so
-# these rows have needs_sync=False.
+# Rows that differ from another only in seeding each DDP replica differently.
+DDP_ONLY = {suite: "the configuration of another row; only DDP seeds each replica differently"
+            for suite in ("conformance", "batchnorm")}
+# needs_sync=False: the method's statistics are made of DDP's averaged gradients and the (equal)
+# weights, or of the per-replica memories that the DDP comparison leaves out: nothing to reduce.
 CASES = [
     Case("naive", "naive", needs_sync=False),
     Case("joint", "joint", skip={
@@ -159,7 +162,8 @@ CASES = [
     Case("cbp-kaiming", "cbp", {"cbp": {**FAST_CBP, "init": "kaiming", "decay_rate": 0.5}}),
     Case("upgd-first", "upgd", {"upgd": {"sigma": 0.01}}, needs_sync=False),
     Case("upgd-second", "upgd", {"upgd": {"utility": "second", "sigma": 0.01}}),
-    Case("upgd-seeded-by-rank", "upgd", {"upgd": {"sigma": 0.01}}, rank_seeds=True),
+    Case("upgd-seeded-by-rank", "upgd", {"upgd": {"sigma": 0.01}}, rank_seeds=True,
+         skip=DDP_ONLY),
     Case("upgd-feature-local", "upgd",
          {"upgd": {"level": "feature", "scaling": "local", "sigma": 0.01}}, needs_sync=False),
     Case("upgd-second-feature", "upgd",
@@ -169,7 +173,8 @@ CASES = [
     Case("shrink-perturb", "shrink-perturb", {"shrink-perturb": {"noise_std": 0.01}},
          needs_sync=False),
     Case("shrink-perturb-seeded-by-rank", "shrink-perturb",
-         {"shrink-perturb": {"noise_std": 0.01}}, rank_seeds=True),
+         {"shrink-perturb": {"noise_std": 0.01}}, rank_seeds=True,
+         skip=DDP_ONLY),
     Case("shrink-perturb-task", "shrink-perturb",
          {"shrink-perturb": {"mode": "task", "shrink": 0.8, "perturb": 0.2}}, rank_seeds=True),
     # --- adapters (LoRA on the MLP's Linear layers) ---

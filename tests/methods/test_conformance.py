@@ -21,6 +21,7 @@ from helpers import tiny_mlp, toy_scenario, train_tasks
 from method_cases import CASES, MODELS, SUITES, Case, cases_for, each_case, small_cnn
 
 from lifelong.core import Batch, build_method, get_method_class, list_methods
+from lifelong.core.compose import method_settings
 from lifelong.scenarios import Scenario
 from lifelong.scenarios.task import Task
 
@@ -105,6 +106,16 @@ def test_the_table_is_consistent(case: Case) -> None:
         config = method.config.to_dict()
         for key, value in case.settings[case.spec].items():  # and reach the config
             assert config[key] == value, key
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_a_suite_runs_each_configuration_once(suite: str) -> None:
+    seen: dict[str, str] = {}
+    for case in cases_for(suite):
+        config = method_settings(case.build())  # every key, defaults included
+        key = repr((case.spec, config, case.model, suite == "ddp" and case.rank_seeds))
+        assert key not in seen, f"{case.label} repeats {seen.get(key)}"
+        seen[key] = case.label
 
 
 @pytest.mark.parametrize("name", METHODS)
