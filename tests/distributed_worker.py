@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from helpers import tiny_mlp, toy_scenario
+from method_cases import Case, cases_for, small_cnn
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -43,72 +44,19 @@ EPOCHS, BATCH_SIZE = 3, 8  # per replica: 24 samples per task, 9 steps per task
 MEMORY_KEYS = ("memory", "memories")  # per-replica samples: legitimately different
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    label: str
-    spec: str
-    settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    model: str = "mlp"  # mlp, cnn, or bert (a tiny BERT classifier on token ids)
-    rank_seeds: bool = False  # seed each replica's method differently (as `seed + rank` would)
-    needs_sync: bool = True  # without the reductions/broadcasts, the replicas must diverge
-    # Methods that add parameters (LoRA adapters) are attached, and each task begun, before the
-    # model is wrapped, and the wrapper is made again for every task: DDP reduces the gradients
-    # of the parameters it was given. The others are attached to `ddp.module` after wrapping.
-    wraps_each_task: bool = False
-
-
-FAST_CBP = {"replacement_rate": 0.2, "maturity_threshold": 2}  # replacements every few steps
-CASES = [
-    Case("ewc", "ewc", {"ewc": {"lambda": 100.0}}),
-    Case("ewc-online", "ewc", {"ewc": {"lambda": 100.0, "mode": "online", "gamma": 0.9}}),
-    Case("ewc-sampled", "ewc", {"ewc": {"lambda": 100.0, "fisher": "sampled"}}),
-    Case("mas", "mas", {"mas": {"lambda": 10.0}}),
-    Case("spg", "spg"),
-    Case("ncl", "ncl"),
-    Case("ncl-diagonal", "ncl", {"ncl": {"fisher": "diagonal"}}),
-    Case("agem", "agem", {"agem": {"memory_size": 24, "ref_batch_size": 16}}),
-    Case("agem-reservoir", "agem",  # a small reference batch: conflicts happen in 9 steps
-         {"agem": {"memory_size": 8, "ref_batch_size": 4, "buffer": "reservoir"}}),
-    Case("gem", "gem", {"gem": {"memory_per_task": 16}}),
-    Case("cbp", "cbp", {"cbp": FAST_CBP}),
-    Case("cbp-adaptable-cnn", "cbp", {"cbp": {**FAST_CBP, "utility": "adaptable"}}, model="cnn"),
-    Case("upgd-second", "upgd", {"upgd": {"utility": "second", "sigma": 0.01}}),
-    Case("upgd-seeded-by-rank", "upgd", {"upgd": {"sigma": 0.01}}, rank_seeds=True),
-    Case("shrink-perturb-seeded-by-rank", "shrink-perturb", {"shrink-perturb": {"noise_std": 0.01}},
-         rank_seeds=True),
-    Case("agem+cbp", "agem+cbp",
-         {"agem": {"memory_size": 24, "ref_batch_size": 16}, "cbp": FAST_CBP}),
-    Case("migu", "migu"),
-    Case("das", "das", {"das": {"contrastive": 1.0}}, model="bert"),
-    Case("lora", "lora", {"lora": {"r": 2}}, wraps_each_task=True, needs_sync=False),
-    Case("inc-lora", "inc-lora", {"inc-lora": {"r": 2}}, wraps_each_task=True,
-         needs_sync=False),
-    Case("o-lora", "o-lora", {"o-lora": {"r": 2}}, wraps_each_task=True, needs_sync=False),
-    # statistics made of DDP's averaged gradients and the (equal) weights: nothing to reduce
-    Case("si", "si", needs_sync=False),
-    Case("lwf", "lwf", needs_sync=False),
-    Case("l2", "l2", needs_sync=False),
-    Case("l1", "l1", needs_sync=False),
-    Case("lottery", "lottery", {"lottery": {"rounds": 2, "round_steps": 4}}, needs_sync=False),
-    Case("upgd-first", "upgd", {"upgd": {"sigma": 0.01}}, needs_sync=False),
-    Case("replay", "replay", {"replay": {"memory_size": 24}}, needs_sync=False),
-    Case("der", "der", {"der": {"memory_size": 24}}, needs_sync=False),
-    Case("replay+ewc", "replay+ewc",
-         {"replay": {"memory_size": 24}, "ewc": {"lambda": 100.0}}),
-]
+# The rows of tests/method_cases.py that run here (the DDP flags are documented on its Case).
+CASES = cases_for("ddp")
 
 
 def make_model(kind: str, outputs: int) -> nn.Module:
     if kind == "mlp":
         return tiny_mlp(outputs=outputs, seed=0)
+    if kind == "cnn":  # the 8 features as a 2x4 image: CBP's Conv2d -> flatten -> Linear path
+        return small_cnn(outputs, seed=0)
     torch.manual_seed(0)
-    if kind == "bert":
-        from lifelong.models.hf import build_hf_model
+    from lifelong.models.hf import build_hf_model
 
-        return build_hf_model("tiny-bert", outputs, vocab_size=VOCAB, dropout=0.1)
-    # the 8 features as a 2x4 image: CBP's Conv2d -> flatten -> Linear path
-    return nn.Sequential(nn.Unflatten(1, (1, 2, 4)), nn.Conv2d(1, 4, 2, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 3 * 5, outputs))
+    return build_hf_model("tiny-bert", outputs, vocab_size=VOCAB, dropout=0.1)
 
 
 VOCAB = 260

@@ -45,6 +45,7 @@ def test_run_writes_the_run_folder_and_prints_the_matrix(tmp_path, capsys) -> No
         "accuracy_matrix"]
 
 
+@pytest.mark.slow
 def test_compare_runs_the_grid_in_parallel_and_summarises(tmp_path, capsys) -> None:
     out = tmp_path / "cmp"
     code = main(["compare", *FAST, "--scenario", "class", "--methods", "naive,replay",
@@ -62,6 +63,7 @@ def test_compare_runs_the_grid_in_parallel_and_summarises(tmp_path, capsys) -> N
     assert "replay" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_with_one_seed(tmp_path, capsys) -> None:
     assert main(["demo", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -96,6 +98,7 @@ def test_errors_are_one_line_with_status_2(args, message, capsys) -> None:
     assert message in err
 
 
+@pytest.mark.slow
 def test_missing_data_file_fails_before_training_without_traceback(tmp_path) -> None:
     env = {**os.environ, "LIFELONG_NO_DOWNLOAD": "1", "LIFELONG_DATA": str(tmp_path),
            "LIFELONG_CACHE": str(tmp_path / "cache")}

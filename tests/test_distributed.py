@@ -3,7 +3,8 @@
 Under DDP each replica trains on its own shard of every batch and DDP averages the gradients; any
 statistic a method computes from its own samples (a Fisher, an importance, a reference gradient,
 CBP's utilities, UPGD's curvature) must be reduced too, and random draws that change the weights
-must agree. One spawn runs every case of `distributed_worker.CASES` twice:
+must agree. One spawn runs every row of tests/method_cases.py that this suite can run
+(`distributed_worker.CASES`) twice:
 
 - as shipped: after each task, every parameter and every tensor of `method.state_dict()` (the
   per-replica memories of replay-like methods aside) is bit-identical on both replicas;
@@ -41,6 +42,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         return json.load(stream)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
 def test_replicas_stay_identical(results: dict, case) -> None:
     found = results[case.label]["synchronised"]
@@ -48,6 +50,7 @@ def test_replicas_stay_identical(results: dict, case) -> None:
         f"{case.label}: tensors that differ between the replicas: {found}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
 def test_without_reductions_the_replicas_diverge_exactly_where_needed(results: dict,
                                                                       case) -> None:
@@ -59,6 +62,7 @@ def test_without_reductions_the_replicas_diverge_exactly_where_needed(results: d
         assert not found, f"{case.label} differs between replicas with nothing to reduce: {found}"
 
 
+@pytest.mark.slow
 def test_reduced_statistics_are_those_of_all_the_samples(results: dict) -> None:
     """Shards of 30 and 18 samples: the Fisher, KFAC factors and A-GEM's reference gradient equal
     one process's on all 48 (float32 summation order aside), and NCL's N counts all 48; without
@@ -76,10 +80,11 @@ def test_reduced_statistics_are_those_of_all_the_samples(results: dict) -> None:
 def test_every_method_that_reduces_is_covered() -> None:
     """Every registered method appears in a case (a new method must add one)."""
     covered = {name for case in CASES for name in case.spec.split("+")}
-    missing = set(list_methods()) - covered - {"naive", "joint", "derpp"}  # nothing of their own
-    assert not missing, f"add a case to tests/distributed_worker.py for: {sorted(missing)}"
+    missing = set(list_methods()) - covered - {"joint"}  # per-replica state: see its row's skip
+    assert not missing, f"add a case to tests/method_cases.py for: {sorted(missing)}"
 
 
+@pytest.mark.slow
 def test_collective_helpers_across_replicas(results: dict) -> None:
     """Sum, mean and max over several buckets, dtypes and a non-contiguous tensor; the count;
     the generator broadcast; and `same_on_every_replica` both ways."""

@@ -29,6 +29,7 @@ def chromium() -> str:
     return binary
 
 
+@pytest.mark.slow
 def test_compare_report_renders_in_chromium(chromium, tmp_path) -> None:
     out = tmp_path / "cmp"
     assert main(["compare", "-b", "split-digits", "--iterations", "5", "--hidden", "16",

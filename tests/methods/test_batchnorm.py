@@ -5,8 +5,9 @@ reference gradients, teachers) must not move them, and must use the statistics t
 asks for (eval mode for the model as evaluated, batch statistics for the model as trained); see
 `lifelong.core.probe`. Checked here on tiny models with BatchNorm1d and BatchNorm2d:
 
-- every registered method: a training step moves the running statistics exactly once (DER: once
-  more per memory term, as documented), and before_task / after_task leave them alone;
+- every row of tests/method_cases.py (several configurations per method) that runs without a
+  transformer: a training step moves the running statistics exactly once (DER: once more per
+  memory term, as documented), and before_task / after_task leave them alone;
 - EWC's Fisher, MAS's importance and NCL's KFAC factors equal an independent eval-mode
   computation; A-GEM's and GEM's reference gradients and SPG's importance an independent
   train-mode one, after which the statistics are those of the training pass alone;
@@ -25,11 +26,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import toy_scenario
+from method_cases import Case, each_case, small_cnn
 from torch import nn
 
 import lifelong.methods.agem as agem_module
 import lifelong.methods.gem as gem_module
-from lifelong.core import build_method, get_method_class, list_methods
+from lifelong.core import build_method
 from lifelong.core.batch import Batch
 from lifelong.core.copy import frozen_copy
 from lifelong.core.probe import (
@@ -41,26 +43,19 @@ from lifelong.core.probe import (
     training_mode,
 )
 from lifelong.functional.kfac import kfac_fisher
-from lifelong.methods import AGEM, CBP, EWC, GEM, MAS, SPG, Lottery, LwF
+from lifelong.methods import AGEM, CBP, DER, EWC, GEM, MAS, SPG, Lottery, LwF
 from lifelong.metrics.diagnostics import diagnose
 from lifelong.models import build_model
 from lifelong.training.loop import train_task
 
 torch.set_num_threads(1)
 
-SETTINGS = {
-    "replay": {"memory_size": 24},
-    "agem": {"memory_size": 24, "ref_batch_size": 16},
-    "der": {"memory_size": 24},
-    "derpp": {"memory_size": 24},
-    "gem": {"memory_per_task": 16},
-    "lottery": {"round_steps": 10_000},  # no pruning round here: a rewind restores statistics
-}
-# Methods that need a transformer (DAS) cannot run on these BatchNorm networks; transformers
-# have no running statistics (DAS's own passes still run inside probe()).
-METHODS = sorted(n for n in list_methods() if not get_method_class(n).needs_transformer)
-# Training passes per optimizer step once the memory holds samples (documented in der.py).
-PASSES = {"der": 2, "derpp": 3}
+
+def passes_of(method) -> int:
+    """Training passes per optimizer step once the memory holds samples (documented in der.py):
+    DER adds one for the logits it matches and one more for the labels when beta > 0."""
+    members = getattr(method, "members", [method])
+    return 1 + sum(1 + (m.config.beta > 0) for m in members if isinstance(m, DER))
 
 
 def bn_mlp(outputs: int = 4, seed: int = 0) -> nn.Module:
@@ -109,12 +104,17 @@ def trainable(model: nn.Module) -> list[torch.Tensor]:
 
 
 # --- every method ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", METHODS)
-def test_a_step_moves_the_statistics_once_and_task_boundaries_not_at_all(name: str) -> None:
+# Rows that need a transformer (DAS) cannot run on these BatchNorm networks; transformers have
+# no running statistics (DAS's own passes still run inside probe()).
+@each_case("batchnorm", where=lambda case: not case.needs_transformer)
+def test_a_step_moves_the_statistics_once_and_task_boundaries_not_at_all(case: Case) -> None:
     scenario = toy_scenario("task")
-    model = bn_mlp(scenario.num_outputs)
+    if case.model == "cnn":
+        model = small_cnn(scenario.num_outputs, batch_norm=True)
+    else:
+        model = bn_mlp(scenario.num_outputs)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    method = build_method(name, {name: SETTINGS[name]} if name in SETTINGS else {})
+    method = case.build()
     method.attach(model, optimizer, scenario.readout, seed=0)
     steps = []
     optimizer.register_step_post_hook(lambda *args: steps.append(tracked(model)))
@@ -132,7 +132,7 @@ def test_a_step_moves_the_statistics_once_and_task_boundaries_not_at_all(name: s
         method.after_task(t, task_data)
         assert_buffers(model, before)
         assert model.training  # the mode is given back
-    passes = PASSES.get(name, 1)
+    passes = passes_of(method)
     expected = [1] + [1 + passes * k for k in range(1, len(steps))]  # the first step: no memory
     if passes == 1:
         expected = list(range(1, len(steps) + 1))

@@ -1,10 +1,12 @@
-"""Checks every registered method must pass; a new method is covered by registering it.
+"""Checks every registered method must pass, over the rows of tests/method_cases.py (several
+configurations per method); a new method is covered by adding its rows there.
 
 - attach/detach leaves no hook behind (optimizer, modules, parameters);
 - state_dict() round-trips through torch.save / torch.load(weights_only=True), and a restored
   method continues exactly as the original would have;
 - a short two-task run changes the weights and reduces the training loss;
-- the method composes with replay (both act).
+- the method composes with replay (both act);
+- every registered method has a row.
 """
 
 from __future__ import annotations
@@ -16,34 +18,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import tiny_mlp, toy_scenario, train_tasks
+from method_cases import CASES, MODELS, SUITES, Case, cases_for, each_case, small_cnn
 
 from lifelong.core import Batch, build_method, get_method_class, list_methods
+from lifelong.core.compose import method_settings
 from lifelong.scenarios import Scenario
 from lifelong.scenarios.task import Task
 
-# Small settings so every check runs in milliseconds; other keys keep their defaults.
-SETTINGS = {
-    "replay": {"memory_size": 24},
-    "agem": {"memory_size": 24, "ref_batch_size": 16},
-    "ewc": {"lambda": 10.0},
-    "l2": {"lambda": 0.1},
-    "der": {"memory_size": 24},
-    "derpp": {"memory_size": 24},
-    "mas": {"lambda": 1.0},
-    "si": {"c": 1.0},
-    "gem": {"memory_per_task": 16},
-    "lottery": {"rounds": 2, "round_steps": 4},  # prunes at steps 4 and 8 of 6-18 step tasks
-    "das": {"general": "none"},  # the proxy KL needs dropout, which the round trip cannot redraw
-}
 METHODS = sorted(list_methods())
+REPLAY = {"memory_size": 24}  # the replay composed with every method
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
               "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
               "_state_dict_hooks", "_load_state_dict_pre_hooks")
-
-
-def make(spec: str):
-    names = spec.split("+")
-    return build_method(spec, {n: SETTINGS[n] for n in names if n in SETTINGS})
 
 
 def hooks(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -74,44 +60,75 @@ def as_tokens(scenario: Scenario) -> Scenario:
     return dataclasses.replace(scenario, tasks=tasks)
 
 
-def needs_transformer(spec: str) -> bool:
-    return any(get_method_class(name).needs_transformer for name in spec.split("+"))
-
-
-def model_for(spec: str, scenario: Scenario, seed: int = 0) -> torch.nn.Module:
-    if needs_transformer(spec):  # a 2-layer BERT classifier, dropout off (deterministic)
+def model_for(case: Case, scenario: Scenario, seed: int = 0) -> torch.nn.Module:
+    if case.model == "bert":  # a 2-layer BERT classifier, dropout off (deterministic)
         from lifelong.models.hf import build_hf_model
 
         torch.manual_seed(seed)
         return build_hf_model("tiny-bert", scenario.num_outputs, generation=False,
                               vocab_size=260, dropout=0.0)
+    if case.model == "cnn":
+        return small_cnn(scenario.num_outputs, seed=seed)
     return tiny_mlp(outputs=scenario.num_outputs, seed=seed)
 
 
-def setup(spec: str, kind: str = "task", seed: int = 0):
+def setup(case: Case, kind: str = "task", seed: int = 0, **extra):
     scenario = toy_scenario(kind)
-    if needs_transformer(spec):
+    if case.needs_transformer:
         scenario = as_tokens(scenario)
-    model = model_for(spec, scenario, seed)
-    if needs_transformer(spec):  # SGD barely moves a randomly initialised post-norm BERT
+    model = model_for(case, scenario, seed)
+    if case.needs_transformer:  # SGD barely moves a randomly initialised post-norm BERT
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    method = make(spec)
+    method = case.build(**extra)
     return scenario, model, optimizer, method
+
+
+def test_every_registered_method_has_a_case() -> None:
+    covered = {name for case in cases_for("conformance") for name in case.names}
+    missing = set(METHODS) - covered
+    assert not missing, f"add rows to tests/method_cases.py for: {sorted(missing)}"
+    normable = {n for n in METHODS if not get_method_class(n).needs_transformer}
+    covered = {name for case in cases_for("batchnorm") for name in case.names}
+    assert not normable - covered, f"no BatchNorm row for: {sorted(normable - covered)}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_the_table_is_consistent(case: Case) -> None:
+    assert [c.label for c in CASES].count(case.label) == 1, "labels name one row each"
+    assert case.model in MODELS
+    assert case.needs_transformer == (case.model == "bert")
+    assert set(case.skip) <= set(SUITES) and all(case.skip.values()), "a skip gives a reason"
+    assert set(case.settings) <= set(case.names)
+    method = case.build()  # the settings are accepted
+    if case.settings and "+" not in case.spec:
+        config = method.config.to_dict()
+        for key, value in case.settings[case.spec].items():  # and reach the config
+            assert config[key] == value, key
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_a_suite_runs_each_configuration_once(suite: str) -> None:
+    seen: dict[str, str] = {}
+    for case in cases_for(suite):
+        config = method_settings(case.build())  # every key, defaults included
+        key = repr((case.spec, config, case.model, suite == "ddp" and case.rank_seeds))
+        assert key not in seen, f"{case.label} repeats {seen.get(key)}"
+        seen[key] = case.label
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_is_documented(name: str) -> None:
-    cls = type(make(name))
+    cls = type(build_method(name))
     assert cls.__doc__ or cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__
     for key, _, _, help_text in cls.Config.describe():
         assert help_text, f"{name}.{key} has no help text"
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_attach_detach_leaves_no_hooks(name: str) -> None:
-    scenario, model, optimizer, method = setup(name)
+@each_case("conformance")
+def test_attach_detach_leaves_no_hooks(case: Case) -> None:
+    scenario, model, optimizer, method = setup(case)
     before = hooks(model, optimizer)
     method.attach(model, optimizer, scenario.readout, seed=0)
     run_tasks(method, model, optimizer, scenario, tasks=(0, 1), epochs=1)
@@ -120,9 +137,9 @@ def test_attach_detach_leaves_no_hooks(name: str) -> None:
     assert method.model is None
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_two_tasks_change_weights_and_reduce_loss(name: str) -> None:
-    scenario, model, optimizer, method = setup(name)
+@each_case("conformance")
+def test_two_tasks_change_weights_and_reduce_loss(case: Case) -> None:
+    scenario, model, optimizer, method = setup(case)
     method.attach(model, optimizer, scenario.readout, seed=0)
     initial = [p.detach().clone() for p in model.parameters()]
     run_tasks(method, model, optimizer, scenario, tasks=(0,))
@@ -150,9 +167,9 @@ def _equal(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_state_dict_round_trip_continues_identically(name: str) -> None:
-    scenario, model, optimizer, method = setup(name)
+@each_case("conformance")
+def test_state_dict_round_trip_continues_identically(case: Case) -> None:
+    scenario, model, optimizer, method = setup(case)
     method.attach(model, optimizer, scenario.readout, seed=0)
     run_tasks(method, model, optimizer, scenario, tasks=(0, 1), epochs=2)
 
@@ -165,7 +182,7 @@ def test_state_dict_round_trip_continues_identically(name: str) -> None:
     # the order of lifelong.training.checkpoint.load_checkpoint: attach first (LoRA methods add
     # adapters to the model and parameter groups to the optimizer), then load model, optimizer,
     # method
-    scenario2, model2, optimizer2, method2 = setup(name, seed=1)
+    scenario2, model2, optimizer2, method2 = setup(case, seed=1)
     method2.attach(model2, optimizer2, scenario2.readout, seed=123)
     model2.load_state_dict(saved["model"])
     optimizer2.load_state_dict(saved["optimizer"])
@@ -181,13 +198,15 @@ def test_state_dict_round_trip_continues_identically(name: str) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m not in ("naive", "joint", "replay")])
-def test_composes_with_replay(name: str) -> None:
+@each_case("conformance", where=lambda case: "+" not in case.spec
+           and case.spec not in ("naive", "joint", "replay"))
+def test_composes_with_replay(case: Case) -> None:
     # class-incremental, the hardest, unless the method supports task-incremental only
-    kind = "class" if "class" in type(make(name)).scenarios else "task"
-    scenario, model, optimizer, method = setup(f"{name}+replay", kind=kind)
-    fresh = make(name)
-    other = model_for(name, scenario)
+    kind = "class" if "class" in get_method_class(case.spec).scenarios else "task"
+    composed = dataclasses.replace(case, spec=f"{case.spec}+replay")
+    scenario, model, optimizer, method = setup(composed, kind=kind, replay=REPLAY)
+    fresh = case.build()
+    other = model_for(case, scenario)
     fresh.attach(other, torch.optim.SGD(other.parameters(), 0.1), scenario.readout, seed=0)
     method.attach(model, optimizer, scenario.readout, seed=0)
     sizes = []
