@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import lifelong.experiment as experiment
+import lifelong.training.lifecycle as lifecycle
 from lifelong.errors import ConfigError
 from lifelong.experiment import RunConfig, resume_experiment, run_experiment
 from lifelong.training.checkpoint import CHECKPOINT
@@ -28,7 +28,7 @@ class Interrupt(Exception):
 
 def interrupt_in_task(monkeypatch: pytest.MonkeyPatch, task: int) -> None:
     """Make the training of `task` (0-based) stop half-way."""
-    real = experiment.train_task
+    real = lifecycle.train_task
     calls = {"n": 0}
 
     def train_task(*args, **kwargs):
@@ -39,7 +39,7 @@ def interrupt_in_task(monkeypatch: pytest.MonkeyPatch, task: int) -> None:
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_task", train_task)
+    monkeypatch.setattr(lifecycle, "train_task", train_task)
 
 
 def metric_lines(directory: Path) -> list[dict]:

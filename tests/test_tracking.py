@@ -140,8 +140,9 @@ def test_stream_logs_its_bins(tmp_path, mlflow_store) -> None:
 def test_a_run_that_raises_is_marked_failed_and_keeps_what_it_logged(
         tmp_path, mlflow_store, monkeypatch) -> None:
     import lifelong.experiment as experiment
+    import lifelong.training.lifecycle as lifecycle
 
-    real, calls = experiment.train_task, []
+    real, calls = lifecycle.train_task, []
 
     def train_then_crash(*args, **kwargs):
         calls.append(1)
@@ -149,7 +150,7 @@ def test_a_run_that_raises_is_marked_failed_and_keeps_what_it_logged(
             raise RuntimeError("crash in task 1")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_task", train_then_crash)
+    monkeypatch.setattr(lifecycle, "train_task", train_then_crash)
     config = experiment.RunConfig(benchmark="split-digits", iterations=2, hidden=[16],
                                   device="cpu", log="mlflow")
     with pytest.raises(RuntimeError, match="crash"):

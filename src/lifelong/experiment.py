@@ -32,7 +32,7 @@ from .models import build_model
 from .scenarios import Scenario, get_benchmark
 from .training.checkpoint import CHECKPOINT, RunProgress, load_checkpoint, save_checkpoint
 from .training.evaluate import evaluate
-from .training.loop import count_steps, train_task
+from .training.lifecycle import fit_task
 from .training.progress import Progress
 from .training.rundir import RunDir, jsonable
 
@@ -290,19 +290,13 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
                 for other in scenario.tasks]
 
     try:
-        with Progress(progress, label=label) as bar:
+        with Progress(progress, label=label, num_tasks=scenario.num_tasks) as bar:
             for task in scenario.tasks[done.next_task:]:
                 task_started = time.perf_counter()
-                readout.begin_task(task.id)
-                method.before_task(task.id)
                 data = task.train_data(device)
-                train_data = method.training_data(task.id, data)  # joint: all data so far
-                bar.start_task(task.id, scenario.num_tasks, count_steps(
-                    len(train_data), cfg.batch_size, cfg.epochs, cfg.iterations))
-                stats = train_task(model, optimizer, method, readout, train_data,
-                                   batch_size=cfg.batch_size, epochs=cfg.epochs,
-                                   iterations=cfg.iterations, generator=shuffle, progress=bar)
-                method.after_task(task.id, data)
+                stats = fit_task(model, optimizer, method, readout, task.id, data,
+                                 batch_size=cfg.batch_size, epochs=cfg.epochs,
+                                 iterations=cfg.iterations, generator=shuffle, progress=bar)
                 row, losses = [], []
                 for other in scenario.tasks:
                     method.evaluation_task(other.id)

@@ -22,6 +22,7 @@ from ..experiment import _peak_memory_mb, make_optimizer, resolve_device, seed_e
 from ..integrations.tracking import build_trackers, parse_trackers
 from ..metrics.diagnostics import diagnose
 from ..models import build_model
+from ..training.lifecycle import check_trains_on_given_data
 from ..training.progress import Progress
 from ..training.rundir import RunDir
 from .benchmarks import get_stream_benchmark
@@ -125,6 +126,8 @@ def prepare_stream(config: StreamConfig) -> tuple[StreamConfig, Method]:
     method = build_method(cfg.method, cfg.method_params)
     # a stream reads one shared output without task ids: domain-incremental
     check_compatible(method, "domain", task_boundaries=cfg.boundaries)
+    check_trains_on_given_data(method, "a stream", "run it with `lifelong run` on a task "
+                               "benchmark")
     resolve_device(cfg.device)
     return cfg.replace(method_params=method_settings(method)), method
 
@@ -190,7 +193,7 @@ def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
 
     started = time.perf_counter()
     try:
-        with Progress(progress, label=label) as bar:
+        with Progress(progress, label=label, num_tasks=stream.num_tasks) as bar:
             stats = train_stream(
                 model, optimizer, method, stream, batch_size=cfg.batch_size,
                 bin_size=cfg.bin_size, max_samples=cfg.steps, boundaries=cfg.boundaries,
