@@ -139,8 +139,9 @@ def test_stream_logs_its_bins(tmp_path, mlflow_store) -> None:
 
 def test_a_run_that_raises_is_marked_failed_and_keeps_what_it_logged(
         tmp_path, mlflow_store, monkeypatch) -> None:
-    import lifelong.experiment as experiment
     import lifelong.training.lifecycle as lifecycle
+    from lifelong.runs.config import RunConfig
+    from lifelong.runs.experiment import run_experiment
 
     real, calls = lifecycle.train_task, []
 
@@ -151,10 +152,10 @@ def test_a_run_that_raises_is_marked_failed_and_keeps_what_it_logged(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lifecycle, "train_task", train_then_crash)
-    config = experiment.RunConfig(benchmark="split-digits", iterations=2, hidden=[16],
+    config = RunConfig(benchmark="split-digits", iterations=2, hidden=[16],
                                   device="cpu", log="mlflow")
     with pytest.raises(RuntimeError, match="crash"):
-        experiment.run_experiment(config, tmp_path / "crashed", progress=False)
+        run_experiment(config, tmp_path / "crashed", progress=False)
     run = _mlflow_run(mlflow_store, "split-digits")
     assert run.info.status == "FAILED"
     assert sorted(_history(mlflow_store, run.info.run_id, "accuracy/task_0")) == [0]

@@ -13,7 +13,8 @@ from lifelong.cli import main
 from lifelong.core import build_method
 from lifelong.core.batch import Batch
 from lifelong.core.method import Method
-from lifelong.streaming import Stream, train_stream
+from lifelong.scenarios import Stream
+from lifelong.training.online import train_stream
 
 
 def toy_stream(regression: bool, num_tasks: int = 3, per_task: int = 7, seed: int = 0) -> Stream:

@@ -8,7 +8,9 @@ import torch
 from cifar_fakes import fake_batches as _fake_batches
 
 from lifelong.errors import ConfigError
-from lifelong.streaming import STREAM_BENCHMARKS, StreamConfig, get_stream_benchmark, run_stream
+from lifelong.runs.config import StreamConfig
+from lifelong.runs.stream import run_stream
+from lifelong.scenarios import STREAM_BENCHMARKS, get_stream_benchmark
 
 
 def test_protocols_are_the_papers() -> None:

@@ -1,4 +1,5 @@
-"""The online training loop: each sample is scored by the current model, then learned from.
+"""The online training loop, beside `train_task`: each sample is scored by the current model,
+then learned from.
 
     for each mini-batch of the stream (batch size 1 by default):
         batch  = method.prepare_batch(batch)          # only if the method uses it
@@ -25,10 +26,10 @@ from torch import Tensor, nn
 
 from ..core.batch import Batch
 from ..core.method import Method
-from ..training.lifecycle import begin_task, end_task
-from ..training.loop import training_step
-from ..training.progress import Progress
-from .streams import Stream
+from ..scenarios.streams import Stream
+from .lifecycle import begin_task, end_task
+from .loop import training_step
+from .progress import Progress
 
 
 @dataclasses.dataclass
