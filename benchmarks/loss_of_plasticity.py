@@ -61,7 +61,8 @@ def experiments(args: argparse.Namespace) -> dict[str, dict]:
 def run_one(job: tuple[str, dict, str]) -> str:
     import torch
 
-    from lifelong.streaming import StreamConfig, run_stream
+    from lifelong.runs.config import StreamConfig
+    from lifelong.runs.stream import run_stream
 
     torch.set_num_threads(1)
     out, settings, label = job

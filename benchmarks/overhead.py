@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from lifelong.core import build_method
-from lifelong.experiment import seed_everything
 from lifelong.models import MLP
+from lifelong.runs.setup import seed_everything
 from lifelong.scenarios import get_benchmark
 from lifelong.training.loop import train_task
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.compare import run_grid
+from lifelong.runs.grid import run_grid
 from lifelong.training.rundir import atomic_write_text, write_json
 
 SCENARIOS = ("task", "domain", "class")
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
         # the first run in a process pays one-time costs (allocator, kernel set-up): a short
         # untimed run first, so that naive, timed first, does not carry them
-        from lifelong.experiment import RunConfig, run_experiment
+        from lifelong.runs.config import RunConfig
+        from lifelong.runs.experiment import run_experiment
 
         run_experiment(RunConfig.from_dict({"benchmark": "split-mnist", "iterations": 50,
                                             "data_dir": args.data_dir}), progress=False)

@@ -28,7 +28,8 @@ from lifelong.core import build_method
 from lifelong.core.batch import Batch
 from lifelong.models import MLP
 from lifelong.optim import UPGD
-from lifelong.streaming import Stream, train_stream
+from lifelong.scenarios import Stream
+from lifelong.training.online import train_stream
 
 METHODS = {
     "stream naive": ("naive", {}),

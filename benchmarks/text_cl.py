@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     if not args.table:
-        from lifelong.compare import run_grid
+        from lifelong.runs.grid import run_grid
 
         seeds = [int(s) for s in args.seeds.split(",")]
         run_grid(settings(args), args.methods.split(","), seeds,

@@ -38,6 +38,7 @@ from lifelong.core.batch import Batch, iter_batches
 from lifelong.functional import diagonal_fisher
 from lifelong.functional.kfac import kfac_fisher
 from lifelong.scenarios import Scenario, split_by_classes
+from lifelong.training.lifecycle import begin_task, end_task
 from lifelong.training.loop import train_task
 
 EPOCHS, BATCH_SIZE = 3, 8  # per replica: 24 samples per task, 9 steps per task
@@ -121,18 +122,16 @@ def run_case(case: Case, rank: int, world: int) -> dict[str, list[str]]:
         method.attach(model, optimizer, scenario.readout, seed=seed)
     found = {}
     for t in (0, 1):
-        scenario.readout.begin_task(t)
-        method.before_task(t)
-        if case.wraps_each_task:
-            ddp = wrap(model)
         data = scenario.tasks[t].train_data()
         shard = data.select(torch.arange(rank, len(data), world))  # this replica's half
         if case.model == "bert":  # token ids (the scenario stores features as floats)
             shard = dataclasses.replace(shard, x=shard.x.long())
-        shard = method.training_data(t, shard)
-        train_task(ddp, optimizer, method, scenario.readout, shard, batch_size=BATCH_SIZE,
+        train_data = begin_task(method, t, shard, readout=scenario.readout)
+        if case.wraps_each_task:  # after the task began: LoRA's new adapters are DDP's too
+            ddp = wrap(model)
+        train_task(ddp, optimizer, method, scenario.readout, train_data, batch_size=BATCH_SIZE,
                    epochs=EPOCHS, generator=torch.Generator().manual_seed(100 + t))
-        method.after_task(t, shard)
+        end_task(method, t, shard)
         found[f"after task {t}"] = mismatches(model, method)
     return found
 

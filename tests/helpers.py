@@ -44,15 +44,11 @@ def tiny_mlp(inputs: int = 8, outputs: int = 4, hidden: int = 16, seed: int = 0)
 
 def train_tasks(method, model, optimizer, scenario, tasks, *, epochs: int = 3,
                 generator: torch.Generator | None = None, batch_size: int = 8) -> None:
-    """Train `method` on `tasks` of `scenario` in turn, as lifelong's experiment does: the
-    readout's units, before_task, the method's training data, train_task, after_task."""
-    from lifelong.training.loop import train_task
+    """Train `method` on `tasks` of `scenario` in turn, as lifelong's experiment does
+    (`lifelong.training.lifecycle.fit_task`)."""
+    from lifelong.training.lifecycle import fit_task
 
     generator = generator or torch.Generator().manual_seed(0)
     for t in tasks:
-        scenario.readout.begin_task(t)
-        method.before_task(t)
-        data = scenario.tasks[t].train_data()
-        train_task(model, optimizer, method, scenario.readout, method.training_data(t, data),
-                   batch_size=batch_size, epochs=epochs, generator=generator)
-        method.after_task(t, data)
+        fit_task(model, optimizer, method, scenario.readout, t, scenario.tasks[t].train_data(),
+                 batch_size=batch_size, epochs=epochs, generator=generator)

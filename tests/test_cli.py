@@ -124,17 +124,17 @@ def test_compare_refuses_an_impossible_benchmark_option_before_running(tmp_path,
 
 def test_compare_resume_keeps_finished_runs_with_the_same_configuration(tmp_path,
                                                                         monkeypatch) -> None:
-    from lifelong import compare
+    from lifelong.runs import grid
 
     settings = {"benchmark": "split-digits", "epochs": 1, "hidden": [16]}
-    first = compare.run_grid(settings, ["naive"], [0], [], tmp_path, progress=False)
+    first = grid.run_grid(settings, ["naive"], [0], [], tmp_path, progress=False)
     calls = []
-    real = compare._run_one
-    monkeypatch.setattr(compare, "_run_one", lambda *a, **k: calls.append(a) or real(*a, **k))
-    again = compare.run_grid(settings, ["naive"], [0], [], tmp_path, progress=False,
+    real = grid._run_one
+    monkeypatch.setattr(grid, "_run_one", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = grid.run_grid(settings, ["naive"], [0], [], tmp_path, progress=False,
                              resume=True)
     assert calls == [] and again["runs"][0]["acc"] == first["runs"][0]["acc"]
-    changed = compare.run_grid({**settings, "epochs": 2}, ["naive"], [0], [], tmp_path,
+    changed = grid.run_grid({**settings, "epochs": 2}, ["naive"], [0], [], tmp_path,
                                progress=False, resume=True)
     assert len(calls) == 1  # another configuration: run again
     assert changed["runs"][0]["acc"] != first["runs"][0]["acc"]

@@ -9,7 +9,9 @@ import torch
 import yaml
 
 from lifelong.errors import ConfigError
-from lifelong.experiment import RunConfig, resolve_device, run_experiment
+from lifelong.runs.config import RunConfig
+from lifelong.runs.experiment import run_experiment
+from lifelong.runs.setup import resolve_device
 
 FAST = {"benchmark": "split-digits", "epochs": 2, "hidden": [32]}
 
@@ -89,7 +91,7 @@ def test_iterations_mode_runs_exactly_that_many_steps(tmp_path) -> None:
 
 
 def test_protocol_defaults_depend_on_the_scenario_and_yield_to_the_user() -> None:
-    from lifelong.experiment import prepare
+    from lifelong.runs.setup import prepare
 
     for scenario, expected in (("task", 1e5), ("domain", 1e10), ("class", 1e9)):
         cfg, _ = prepare(RunConfig(benchmark="split-mnist", scenario=scenario, method="ewc"))
@@ -119,8 +121,6 @@ def test_method_reports_reach_metrics_and_summary(tmp_path) -> None:
 
 
 def test_protocol_momentum_and_weight_decay_are_defaults_that_flags_override() -> None:
-    from lifelong.experiment import RunConfig
-
     dohare = RunConfig(benchmark="cifar100-incremental").resolved()
     assert (dohare.momentum, dohare.weight_decay, dohare.model) == (0.9, 5e-4, "resnet18")
     mine = RunConfig(benchmark="cifar100-incremental", momentum=0.0, weight_decay=0.0).resolved()
@@ -129,8 +129,7 @@ def test_protocol_momentum_and_weight_decay_are_defaults_that_flags_override() -
 
 
 def test_width_and_batch_norm_reach_the_model(monkeypatch, tmp_path) -> None:
-    import lifelong.experiment as experiment
-    from lifelong.experiment import RunConfig, run_experiment
+    import lifelong.runs.config as config
 
     seen = {}
 
@@ -141,7 +140,7 @@ def test_width_and_batch_norm_reach_the_model(monkeypatch, tmp_path) -> None:
         seen.update(kwargs)
         raise Built
 
-    monkeypatch.setattr(experiment, "build_model", build_model)
+    monkeypatch.setattr(config, "build_model", build_model)
     with pytest.raises(Built):
         run_experiment(RunConfig(benchmark="split-digits", width=8, batch_norm=True,
                                  device="cpu"), progress=False)

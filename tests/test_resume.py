@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import lifelong.experiment as experiment
+import lifelong.training.lifecycle as lifecycle
 from lifelong.errors import ConfigError
-from lifelong.experiment import RunConfig, resume_experiment, run_experiment
+from lifelong.runs.config import RunConfig
+from lifelong.runs.experiment import resume_experiment, run_experiment
 from lifelong.training.checkpoint import CHECKPOINT
 
 FAST = {"benchmark": "split-digits", "iterations": 30, "batch_size": 32, "device": "cpu"}
@@ -28,7 +29,7 @@ class Interrupt(Exception):
 
 def interrupt_in_task(monkeypatch: pytest.MonkeyPatch, task: int) -> None:
     """Make the training of `task` (0-based) stop half-way."""
-    real = experiment.train_task
+    real = lifecycle.train_task
     calls = {"n": 0}
 
     def train_task(*args, **kwargs):
@@ -39,7 +40,7 @@ def interrupt_in_task(monkeypatch: pytest.MonkeyPatch, task: int) -> None:
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_task", train_task)
+    monkeypatch.setattr(lifecycle, "train_task", train_task)
 
 
 def metric_lines(directory: Path) -> list[dict]:
@@ -160,25 +161,25 @@ def test_sigkill_mid_task_then_resume_gives_the_identical_matrix(tmp_path: Path)
 
 def test_compare_resume_continues_an_interrupted_run_from_its_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lifelong import compare
+    from lifelong.runs import grid
 
     settings = {**FAST, "iterations": 10}
-    whole = compare.run_grid(settings, ["naive", "ewc"], [0], [], tmp_path / "whole",
+    whole = grid.run_grid(settings, ["naive", "ewc"], [0], [], tmp_path / "whole",
                              progress=False)
     with monkeypatch.context() as patch:
-        real_run_one = compare._run_one
+        real_run_one = grid._run_one
         # ewc is the second run: interrupt it in task 3 (naive finishes untouched)
-        patch.setattr(compare, "_run_one", lambda config, *a: (
+        patch.setattr(grid, "_run_one", lambda config, *a: (
             interrupt_in_task(patch, 3) if config["method"] == "ewc" else None,
             real_run_one(config, *a))[1])
         with pytest.raises(Interrupt):
-            compare.run_grid(settings, ["naive", "ewc"], [0], [], tmp_path / "grid",
+            grid.run_grid(settings, ["naive", "ewc"], [0], [], tmp_path / "grid",
                              progress=False)
     assert (tmp_path / "grid" / "ewc" / "seed0" / CHECKPOINT).is_file()
     calls = []
-    real = compare._run_one
-    monkeypatch.setattr(compare, "_run_one", lambda *a: calls.append(a) or real(*a))
-    resumed = compare.run_grid(settings, ["naive", "ewc"], [0], [], tmp_path / "grid",
+    real = grid._run_one
+    monkeypatch.setattr(grid, "_run_one", lambda *a: calls.append(a) or real(*a))
+    resumed = grid.run_grid(settings, ["naive", "ewc"], [0], [], tmp_path / "grid",
                                progress=False, resume=True)
     assert [(c[0]["method"], c[-1]) for c in calls] == [("ewc", True)]  # naive was kept
     assert [r["accuracy_matrix"] for r in resumed["runs"]] == [

@@ -12,7 +12,8 @@ import lifelong.data
 from lifelong.data import ArraySplits
 from lifelong.data.cifar import CLASSES as CIFAR10_CLASSES
 from lifelong.errors import ConfigError, DataError
-from lifelong.experiment import RunConfig, run_experiment
+from lifelong.runs.config import RunConfig
+from lifelong.runs.experiment import run_experiment
 from lifelong.scenarios import BENCHMARKS, get_benchmark
 
 
@@ -165,7 +166,8 @@ def test_cifar100_incremental_runs_end_to_end_with_resnet18(
 
     from lifelong.data import cifar100 as cifar100_mod
     from lifelong.data import md5sum
-    from lifelong.experiment import RunConfig, run_experiment
+    from lifelong.runs.config import RunConfig
+    from lifelong.runs.experiment import run_experiment
 
     classes = list(range(100))
     batches = {"train": cifar100_batch(200, 1, fine_labels=classes * 2),

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from lifelong import compare
 from lifelong.cli import main
-from lifelong.compare import Variant, parse_grid, plan_grid
 from lifelong.errors import ConfigError
+from lifelong.runs import grid
+from lifelong.runs.grid import Variant, parse_grid, plan_grid
 
 FAST = ["--benchmark", "split-digits", "--iterations", "8", "--batch-size", "32",
         "--hidden", "16", "--device", "cpu", "--quiet", "--no-report"]
@@ -66,7 +66,7 @@ def test_sweep_writes_the_layout_and_a_rerun_skips_finished_runs(
     assert summary["acc"] in stats["values"]
 
     calls = []
-    monkeypatch.setattr(compare, "_run_one", lambda *a: calls.append(a))
+    monkeypatch.setattr(grid, "_run_one", lambda *a: calls.append(a))
     assert main(args) == 0
     assert calls == []  # every run was finished: nothing ran again
     again = json.loads((tmp_path / "comparison.json").read_text())

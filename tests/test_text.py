@@ -15,8 +15,9 @@ pytest.importorskip("transformers", reason="the text tests need lifelong[hf]")
 from lifelong.core.batch import IGNORE  # noqa: E402
 from lifelong.data.text import load_text_task  # noqa: E402
 from lifelong.errors import ConfigError  # noqa: E402
-from lifelong.experiment import RunConfig, run_experiment  # noqa: E402
 from lifelong.models.hf import PAD, build_hf_model, byte_tokenizer  # noqa: E402
+from lifelong.runs.config import RunConfig  # noqa: E402
+from lifelong.runs.experiment import run_experiment  # noqa: E402
 from lifelong.scenarios.benchmarks import get_benchmark  # noqa: E402
 from lifelong.scenarios.text import text_scenario  # noqa: E402
 from lifelong.training.evaluate import evaluate  # noqa: E402

@@ -139,9 +139,11 @@ def test_stream_logs_its_bins(tmp_path, mlflow_store) -> None:
 
 def test_a_run_that_raises_is_marked_failed_and_keeps_what_it_logged(
         tmp_path, mlflow_store, monkeypatch) -> None:
-    import lifelong.experiment as experiment
+    import lifelong.training.lifecycle as lifecycle
+    from lifelong.runs.config import RunConfig
+    from lifelong.runs.experiment import run_experiment
 
-    real, calls = experiment.train_task, []
+    real, calls = lifecycle.train_task, []
 
     def train_then_crash(*args, **kwargs):
         calls.append(1)
@@ -149,11 +151,11 @@ def test_a_run_that_raises_is_marked_failed_and_keeps_what_it_logged(
             raise RuntimeError("crash in task 1")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_task", train_then_crash)
-    config = experiment.RunConfig(benchmark="split-digits", iterations=2, hidden=[16],
+    monkeypatch.setattr(lifecycle, "train_task", train_then_crash)
+    config = RunConfig(benchmark="split-digits", iterations=2, hidden=[16],
                                   device="cpu", log="mlflow")
     with pytest.raises(RuntimeError, match="crash"):
-        experiment.run_experiment(config, tmp_path / "crashed", progress=False)
+        run_experiment(config, tmp_path / "crashed", progress=False)
     run = _mlflow_run(mlflow_store, "split-digits")
     assert run.info.status == "FAILED"
     assert sorted(_history(mlflow_store, run.info.run_id, "accuracy/task_0")) == [0]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from helpers import tiny_mlp, toy_scenario
 
 from lifelong.core import Batch, build_method
-from lifelong.training.loop import train_task
+from lifelong.training.lifecycle import fit_task
 
 
 def plain_loop(spec: str, scenario, orders):
@@ -45,12 +45,8 @@ def test_plain_loop_equals_lifelong_loop(spec: str) -> None:
         state = generator.get_state()
         orders.append(torch.randperm(len(task.train_data()), generator=generator))
         generator.set_state(state)  # train_task draws the same order
-        scenario.readout.begin_task(task.id)
-        method.before_task(task.id)
-        data = task.train_data()
-        train_task(model, optimizer, method, scenario.readout, data, batch_size=8, epochs=1,
-                   generator=generator)
-        method.after_task(task.id, data)
+        fit_task(model, optimizer, method, scenario.readout, task.id, task.train_data(),
+                 batch_size=8, epochs=1, generator=generator)
     reference = plain_loop(spec, toy_scenario("task"), orders)
     for a, b in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -17,9 +17,6 @@ import yaml
 from .errors import ConfigError, LifelongError
 
 NO_REPORT_HELP = "do not write report.html (figures and tables) into the output folder"
-RUN_FLAGS = ("benchmark", "scenario", "seed", "epochs", "iterations", "batch_size", "lr",
-             "optimizer", "momentum", "weight_decay", "model", "hidden", "dropout", "width",
-             "batch_norm", "head", "eval_batch_size", "device", "data_dir", "diagnostics", "log")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--steps", type=int, help="stop after this many samples")
     stream.add_argument("--batch-size", type=int)
     stream.add_argument("--lr", type=float)
-    stream.add_argument("--optimizer", help="sgd (default) or adam")
+    stream.add_argument("--optimizer", help="sgd (default), adam or adamw")
     stream.add_argument("--momentum", type=float)
     stream.add_argument("--weight-decay", type=float)
     stream.add_argument("--hidden", help="hidden layer widths, e.g. 100,100")
@@ -185,6 +182,8 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def base_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Run settings from --config, then the flags given on the command line."""
+    from .runs.settings import RUN_FLAGS
+
     settings: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
@@ -204,59 +203,6 @@ def base_settings(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             settings[name] = value
     return settings
-
-
-def route_settings(pairs: Sequence[str], method_spec: str, settings: dict[str, Any],
-                   benchmark: Any = None) -> dict[str, Any]:
-    """Apply `--set key=value` pairs to the method and benchmark settings of one run.
-
-    `ewc.lambda=100` sets a method's key; `benchmark.num_tasks=5` a benchmark's; a bare key
-    (`lambda=100`) goes to the one method in the run that has it. Keys of methods that are not
-    part of this run are ignored (so `compare` can set ewc.lambda for the ewc runs only).
-    """
-    from .core.compose import parse_method_spec
-    from .core.registry import get_method_class
-    from .scenarios import get_benchmark
-
-    names = parse_method_spec(method_spec)
-    method_params = {k: dict(v) for k, v in settings.get("method_params", {}).items()}
-    benchmark_params = dict(settings.get("benchmark_params", {}))
-    if benchmark is None:
-        benchmark = get_benchmark(settings.get("benchmark", "split-digits"))
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set takes KEY=VALUE, got '{pair}'")
-        owner, dot, field = key.rpartition(".")
-        if owner == "benchmark":
-            benchmark_params[field] = value
-            continue
-        if dot:
-            get_method_class(owner)  # unknown method name -> clear error
-            if owner in names:  # the method's config refuses an unknown key, naming the keys
-                method_params.setdefault(owner, {})[field] = value
-            continue
-        holders = [n for n in names if field in get_method_class(n).Config.keys()]
-        if len(holders) == 1:
-            method_params.setdefault(holders[0], {})[field] = value
-        elif len(holders) > 1:
-            raise ConfigError(f"--set {field}: several methods have it ({', '.join(holders)}); "
-                              f"write e.g. {holders[0]}.{field}={value}")
-        elif field in benchmark.options.keys():
-            benchmark_params[field] = value
-        else:
-            accepted = [f"{n}.{k}" for n in names for k in get_method_class(n).Config.keys()]
-            accepted += [f"benchmark.{k}" for k in benchmark.options.keys()]
-            raise ConfigError(f"--set {field}: no such setting for method '{method_spec}' or "
-                              f"benchmark {benchmark.name}; accepted: {', '.join(accepted)}")
-    return {**settings, "method_params": method_params, "benchmark_params": benchmark_params}
-
-
-def _run_config(settings: dict[str, Any]):
-    from .experiment import RunConfig
-
-    return RunConfig.from_dict(settings)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -282,7 +228,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             result.add_row(name, *cells)
         return result
 
-    from .streaming import list_stream_benchmarks
+    from .scenarios import list_stream_benchmarks
 
     console = _console()
     methods = {n: (d,) for n, d in list_methods().items()}
@@ -311,13 +257,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .experiment import prepare, run_experiment
+    from .runs.config import RunConfig
+    from .runs.experiment import run_experiment
+    from .runs.settings import route_settings
+    from .runs.setup import prepare
 
     if args.resume:
         return _resume_run(args)
     settings = base_settings(args)
     settings = route_settings(args.settings, settings.get("method", "naive"), settings)
-    config = _run_config(settings)
+    config = RunConfig.from_dict(settings)
     resolved, _ = prepare(config)
     kind, colon, path = resolved.benchmark.partition(":")  # folder:/data/photos -> folder-photos
     name = f"{kind}-{Path(path.rstrip('/')).name}" if colon else kind
@@ -343,7 +292,7 @@ def _show_run(args: argparse.Namespace, result: Any, out: str | Path) -> None:
 
 
 def _resume_run(args: argparse.Namespace) -> int:
-    from .experiment import resume_experiment
+    from .runs.experiment import resume_experiment
 
     given = sorted(base_settings(args)) + (["--set"] if args.settings else []) + (
         ["--out"] if args.out else [])
@@ -362,8 +311,8 @@ def _resume_run(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     """`compare` and `sweep` (which adds --grid and always skips finished runs)."""
-    from .compare import parse_grid, run_grid
     from .report.tables import comparison_table
+    from .runs.grid import parse_grid, run_grid
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -384,21 +333,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-STREAM_FLAGS = ("benchmark", "method", "seed", "tasks", "steps", "batch_size", "lr", "optimizer",
-                "momentum", "weight_decay", "hidden", "bin_size", "boundaries", "diagnostics",
-                "diagnose_every", "probe_size", "device", "data_dir", "log")
-
-
 def _cmd_stream(args: argparse.Namespace) -> int:
     from .report.tables import stream_table
-    from .streaming import StreamConfig, get_stream_benchmark, prepare_stream, run_stream
+    from .runs.config import StreamConfig
+    from .runs.settings import STREAM_FLAGS, route_settings
+    from .runs.setup import prepare
+    from .runs.stream import run_stream
+    from .scenarios import get_stream_benchmark
 
     settings = {k: getattr(args, k) for k in STREAM_FLAGS if getattr(args, k) is not None}
     benchmark = get_stream_benchmark(settings.get("benchmark", "slowly-changing-regression"))
     settings = route_settings(args.settings, settings.get("method", "naive"), settings,
                               benchmark)
     config = StreamConfig.from_dict(settings)
-    resolved, _ = prepare_stream(config)
+    resolved, _ = prepare(config)
     out = args.out or f"runs/stream-{resolved.benchmark}-{resolved.method}-s{resolved.seed}"
     console = _console()
     console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
@@ -413,7 +361,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .compare import run_demo
+    from .runs.grid import run_demo
 
     run_demo(Path(args.out), _int_list(args.seeds, "--seeds"), jobs=args.jobs)
     return 0

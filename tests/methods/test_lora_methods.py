@@ -323,13 +323,15 @@ def test_checkpoint_resume_continues_identically(name: str, tmp_path) -> None:
 
 
 def test_a_killed_run_resumes_to_the_same_accuracy_matrix(tmp_path, monkeypatch) -> None:
-    import lifelong.experiment as experiment
+    import lifelong.training.lifecycle as lifecycle
+    from lifelong.runs.config import RunConfig
+    from lifelong.runs.experiment import resume_experiment, run_experiment
 
-    config = experiment.RunConfig.from_dict({
+    config = RunConfig.from_dict({
         "benchmark": "split-digits", "iterations": 10, "batch_size": 32, "device": "cpu",
         "method": "o-lora", "method_params": {"o-lora": {"dropout": 0.1, "lambda_2": 0.01}}})
-    whole = experiment.run_experiment(config, tmp_path / "whole", progress=False)
-    real, calls = experiment.train_task, []
+    whole = run_experiment(config, tmp_path / "whole", progress=False)
+    real, calls = lifecycle.train_task, []
 
     def killed_in_task_2(*args, **kwargs):
         calls.append(1)
@@ -339,10 +341,10 @@ def test_a_killed_run_resumes_to_the_same_accuracy_matrix(tmp_path, monkeypatch)
         return real(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(experiment, "train_task", killed_in_task_2)
+        patch.setattr(lifecycle, "train_task", killed_in_task_2)
         with pytest.raises(KeyboardInterrupt):
-            experiment.run_experiment(config, tmp_path / "killed", progress=False)
-    resumed = experiment.resume_experiment(tmp_path / "killed", progress=False)
+            run_experiment(config, tmp_path / "killed", progress=False)
+    resumed = resume_experiment(tmp_path / "killed", progress=False)
     assert resumed.accuracy_matrix == whole.accuracy_matrix
 
 

@@ -15,14 +15,16 @@
   `LogitsAdapter` (or `HFCausalLM`) that shares its parameters, and to the *inner* torch
   optimizer of Accelerate's `AcceleratedOptimizer`, so gradient hooks fire once per real update:
   with gradient accumulation only at sync steps, with a `GradScaler` after unscaling and never on
-  a skipped step; then `method.before_task(task)`.
+  a skipped step; then the task begins (`lifelong.training.lifecycle.begin_task`: before_task,
+  and training_data for a method that reads the task's data).
 - each training step is lifelong's (`lifelong.training.loop.training_step`): the batch becomes a
   lifelong `Batch` (packed token ids, PAD = -1; a causal LM's labels shifted so that `y[:, i]` is
   the target of position i), `prepare_batch` (replay), the forward pass, `Batch.loss` plus the
   method's penalty (LwF). The loss is a per-batch mean, which the Trainer divides by the
   accumulation steps. Evaluation keeps the Trainer's own loss.
-- `on_train_end`: `method.after_task(task, the task's batches)`, then the method detaches (its
-  random generators carry on at the next attach), so the next task's Trainer can attach it.
+- `on_train_end`: the task ends (`end_task`: after_task with the task's batches), then the
+  method detaches (its random generators carry on at the next attach), so the next task's
+  Trainer can attach it.
 
 The Trainer clips gradients before `optimizer.step()`, so gradients a method adds at the step
 (EWC's and the other quadratic anchors') are not clipped, and its reported loss leaves them out.
@@ -45,6 +47,7 @@ from ..core.compose import Composite
 from ..core.method import Method
 from ..errors import ConfigError
 from ..models.hf import PAD, HFCausalLM, LogitsAdapter, pack_ids, unpack_ids
+from ..training.lifecycle import begin_task, check_trains_on_given_data, end_task
 from . import require
 
 transformers = require("transformers")
@@ -176,16 +179,14 @@ class LifelongCallback(transformers.TrainerCallback):
                        optimizer: Any = None, train_dataloader: Any = None, **kwargs: Any) -> None:
         inner = getattr(optimizer, "optimizer", optimizer)  # AcceleratedOptimizer's torch one
         bind(self.method, model, inner, seed=self.seed)
-        self.method.before_task(self.task)
-        if self.method.uses("training_data"):  # e.g. NCL counts the task's samples
+        data = None  # the batches are gathered only for a method that reads them (NCL counts)
+        if self.method.uses("training_data"):
             data = whole(self._pad_to_longest(self._batches(train_dataloader)))
-            if self.method.training_data(self.task, data) is not data:
-                raise ConfigError(f"{self.method.name} trains on other data than the task's; "
-                                  "give the Trainer that data as train_dataset instead")
+        begin_task(self.method, self.task, data, fixed_data=True)
 
     def on_train_end(self, args: Any, state: Any, control: Any, train_dataloader: Any = None,
                      **kwargs: Any) -> None:
-        self.method.after_task(self.task, self._batches(train_dataloader))
+        end_task(self.method, self.task, self._batches(train_dataloader))
         release(self.method)
 
     def _batches(self, loader: Any) -> list[Batch]:
@@ -211,9 +212,8 @@ def attach(trainer: Any, method: Method, *, task: int, seed: int | None = None,
     if method.needs_task_ids_at_test:
         raise ConfigError(f"{method.name} needs the task id at test time, which a Trainer's "
                           "evaluation does not give")
-    if method.uses("training_data") and method.stores_data:
-        raise ConfigError(f"{method.name} trains on the stored samples of earlier tasks as "
-                          "well: give the Trainer all that data as train_dataset, with naive")
+    check_trains_on_given_data(method, "a Trainer", "give the Trainer all that data as "
+                               "train_dataset, with naive")
     if trainer.compute_loss_func is not None or trainer.args.label_smoothing_factor:
         raise ConfigError("lifelong computes the training loss itself (cross-entropy, as its own "
                           "loop): leave out compute_loss_func and label_smoothing_factor")

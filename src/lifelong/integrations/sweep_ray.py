@@ -29,7 +29,8 @@ def _train_remotely(config: dict[str, Any]) -> dict[str, Any]:
     """Runs on a Ray worker: the run in a temporary folder; its files and summary back."""
     import torch
 
-    from ..experiment import RunConfig, run_experiment
+    from ..runs.config import RunConfig
+    from ..runs.experiment import run_experiment
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="lifelong-ray-") as folder:

@@ -1,4 +1,4 @@
-"""Evaluation of a model on a task's test set."""
+"""Evaluation of a model on a task's test set, and on every task's (a row of the matrices)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.batch import IGNORE, Batch, per_sample_token_loss
+from ..core.method import Method
 from ..core.readout import Readout
+from ..scenarios import Scenario
 
 
 @torch.inference_mode()
@@ -46,3 +48,20 @@ def evaluate(model: nn.Module, readout: Readout, data: Batch,
     model.train(was_training)
     total = max(int(count), 1)
     return correct.item() / total, loss_sum.item() / total
+
+
+def evaluate_tasks(model: nn.Module, readout: Readout, scenario: Scenario, device: torch.device,
+                   batch_size: int = 1000, *, method: Method | None = None
+                   ) -> list[tuple[float, float]]:
+    """(accuracy, mean loss) of `model` on every task's test set, in task order: a row of the
+    accuracy and loss matrices. `method.evaluation_task` is told which task's data comes next
+    (per-task masks), and None once the evaluation is over."""
+    scores = []
+    for task in scenario.tasks:
+        if method is not None:
+            method.evaluation_task(task.id)
+        scores.append(evaluate(model, readout, task.test_data(device), batch_size,
+                               per_token=scenario.per_token))
+        if method is not None:
+            method.evaluation_task(None)
+    return scores

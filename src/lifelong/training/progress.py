@@ -11,9 +11,10 @@ from torch import Tensor
 class Progress:
     """Throttled progress display; a no-op when disabled or when stderr is not a terminal."""
 
-    def __init__(self, enabled: bool = True, *, label: str = "") -> None:
+    def __init__(self, enabled: bool = True, *, label: str = "", num_tasks: int = 0) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self.label = label
+        self.num_tasks = num_tasks
         self._bar = None
         self._task = None
         self._next_update = 0.0
@@ -41,9 +42,9 @@ class Progress:
             self._bar.__exit__(*exc)
             self._bar = None
 
-    def start_task(self, task: int, num_tasks: int, total_steps: int) -> None:
+    def start_task(self, task: int, total_steps: int) -> None:
         self._started = time.perf_counter()
-        self._header = f"{self.label}task {task + 1}/{num_tasks}"
+        self._header = f"{self.label}task {task + 1}/{self.num_tasks}"
         if self._bar is not None:
             if self._task is not None:
                 self._bar.remove_task(self._task)

@@ -1,9 +1,11 @@
-"""Data streams for online continual learning: every sample is seen once, in order.
+"""Streams, the online form of a scenario: every sample is seen once, in order.
 
 A `Stream` is a sequence of tasks (segments of `samples_per_task` samples). The task changes are
 known to the benchmark (to bin the online metric) but are not announced to the method unless the
-run asks for boundaries. Segments are generated on demand from the stream's seed, so a 1M-step
-stream never sits in memory at once and any segment can be rebuilt on its own.
+run asks for boundaries. Like a `Scenario` it gives a model's input shape, its number of outputs
+and its readout (the identity: one shared output, no task ids). Segments are generated on demand
+from the stream's seed, so a 1M-step stream never sits in memory at once and any segment can be
+rebuilt on its own.
 
 - `slowly_changing_regression` (Dohare et al. 2021, 2024): 20 binary inputs, 15 of them bits that
   change slowly (one flips every `samples_per_task` steps), 5 i.i.d. random bits; the target is a
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..core.batch import Batch
+from ..core.readout import Readout
 
 
 @dataclasses.dataclass
@@ -39,6 +42,8 @@ class Stream:
     regression: bool
     make_segment: Callable[[int], Batch]  # task -> its samples, in stream order, on the CPU
     make_probe: Callable[[int, int], Batch]  # (task, n) -> n samples of the task's distribution
+    # one shared output read as it is (a stream is domain-incremental, without task ids)
+    readout: Readout = dataclasses.field(default_factory=Readout.identity)
 
     def segment(self, task: int) -> Batch:
         self._check(task)

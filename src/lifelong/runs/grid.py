@@ -13,11 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .errors import ConfigError
-from .metrics import seed_stats
-from .training.checkpoint import CHECKPOINT
-from .training.rundir import write_json
+import torch
+
+from .._version import __version__
+from ..core.compose import parse_method_spec
+from ..core.registry import get_method_class, list_methods
+from ..errors import ConfigError
+from ..metrics import seed_stats
+from ..training.checkpoint import CHECKPOINT
+from ..training.rundir import write_json
+from .config import RunConfig, config_differences
+from .experiment import run_experiment
+from .settings import RUN_FLAGS, route_settings
+from .setup import prepare
 
 SUMMARY_KEYS = ("acc", "bwt", "fwt", "forgetting", "seconds")
 
@@ -26,10 +34,6 @@ def _run_one(config: dict[str, Any], out_dir: str, threads: int | None,
              progress: bool, label: str, resume: bool = False) -> dict[str, Any]:
     """One run (in a worker process when jobs > 1); returns its summary. `resume`: continue
     from the checkpoint in `out_dir`."""
-    import torch
-
-    from .experiment import RunConfig, run_experiment
-
     if threads:
         torch.set_num_threads(threads)
     result = run_experiment(RunConfig.from_dict(config), out_dir, progress=progress, label=label,
@@ -83,10 +87,6 @@ def _variants(method: str, grid: dict[str, list[str]]) -> list[Variant]:
     """The grid points that concern `method`: run settings (lr, epochs, ...) and benchmark
     settings concern every method, `ewc.lambda` only methods with ewc, a bare `lambda` the
     methods that have such a setting."""
-    from .cli import RUN_FLAGS
-    from .core.compose import parse_method_spec
-    from .core.registry import get_method_class, list_methods
-
     names = parse_method_spec(method)
     method_keys = {k for n in list_methods() for k in get_method_class(n).Config.keys()}
 
@@ -107,10 +107,6 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
               set_pairs: Sequence[str], grid: dict[str, list[str]] | None = None,
               ) -> list[tuple[Variant, int, dict[str, Any]]]:
     """Every (variant, seed, resolved config) of the grid, all validated before anything runs."""
-    from .cli import RUN_FLAGS, route_settings
-    from .experiment import RunConfig, prepare
-    from .scenarios import get_benchmark
-
     if len(set(methods)) != len(methods):
         raise ConfigError("--methods names a method twice")
     plan = []
@@ -122,19 +118,13 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
             for seed in seeds:
                 resolved, _ = prepare(RunConfig.from_dict({**routed, "seed": seed}))
                 plan.append((variant, seed, resolved.to_dict()))
-    first = plan[0][2]  # a missing file or an impossible benchmark option fails now
-    get_benchmark(first["benchmark"]).build(
-        first["scenario"], data_dir=first["data_dir"], head=first["head"],
-        mask_unseen=first["mask_unseen"], options=first["benchmark_params"],
-        model=first["model"])
+    RunConfig.from_dict(plan[0][2]).build_data()  # a missing file or a bad option fails now
     return plan
 
 
 def _same_config(directory: Path, config: dict[str, Any]) -> bool:
     """Whether `directory` was run with `config` by this version (up to settings that change no
     result)."""
-    from .experiment import config_differences
-
     return config_differences(directory, {"lifelong_version": __version__, **config}) == []
 
 
@@ -178,7 +168,7 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     to_run = [((v.label, s), config) for v, s, config in plan if (v.label, s) not in summaries]
     continued = {key: resume and resumable(directories[key], config) for key, config in to_run}
     if backend == "ray":
-        from .integrations.sweep_ray import run_on_ray
+        from ..integrations.sweep_ray import run_on_ray
 
         summaries.update(run_on_ray(to_run, directories, address, progress))
     elif jobs == 1:
@@ -264,7 +254,7 @@ def run_demo(out: Path, seeds: Sequence[int], jobs: int | None = None) -> dict[s
     """naive, ewc, lwf, replay and agem on split-digits in the three scenarios."""
     from rich.console import Console
 
-    from .report.tables import demo_table
+    from ..report.tables import demo_table
 
     jobs = jobs or os.cpu_count() or 1
     console = Console(highlight=False)

@@ -32,12 +32,18 @@ from .streams import (
 
 @dataclasses.dataclass(frozen=True)
 class StreamProtocol:
+    """Training defaults of a streaming benchmark (the fields it shares with `Protocol` mean the
+    same)."""
+
     hidden: tuple[int, ...]
     lr: float
     num_tasks: int
     bin_size: int | None = None  # samples per bin of the online metric (None: one task)
     optimizer: str = "sgd"
     batch_size: int = 1
+    model: str = "mlp"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
 
 
 @dataclasses.dataclass

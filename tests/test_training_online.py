@@ -13,7 +13,8 @@ from lifelong.cli import main
 from lifelong.core import build_method
 from lifelong.core.batch import Batch
 from lifelong.core.method import Method
-from lifelong.streaming import Stream, train_stream
+from lifelong.scenarios import Stream
+from lifelong.training.online import train_stream
 
 
 def toy_stream(regression: bool, num_tasks: int = 3, per_task: int = 7, seed: int = 0) -> Stream:
@@ -104,6 +105,16 @@ def test_boundaries_are_announced_only_when_asked(boundaries: bool) -> None:
     assert method.calls == (expected if boundaries else [])
 
 
+def test_announced_boundaries_give_each_segment_to_training_data() -> None:
+    """NCL's prior needs the task's sample count, which training_data gives it."""
+    stream = toy_stream(False)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ncl = build_method("ncl").attach(model, optimizer)
+    train_stream(model, optimizer, ncl, stream, boundaries=True)
+    assert ncl.data_size == 7
+
+
 def test_diagnose_callback_runs_at_the_requested_interval() -> None:
     stream = toy_stream(True)
     model = nn.Linear(4, 1)
@@ -135,6 +146,7 @@ def test_stream_command_writes_bins_diagnostics_and_summary(tmp_path) -> None:
 @pytest.mark.parametrize("argv, message", [
     (["--method", "ewc"], "needs task boundaries"),
     (["--method", "lottery", "--boundaries"], "does not support the domain-incremental"),
+    (["--method", "joint", "--boundaries"], "joint trains on the stored samples of earlier"),
     (["--benchmark", "permuted-mnist"], "unknown streaming benchmark"),
     (["--set", "benchmark.beta=2"], "beta"),
     (["--set", "nothing=1"], "no such setting"),

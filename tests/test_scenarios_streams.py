@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lifelong.streaming import (
+from lifelong.scenarios import (
     LTUTarget,
     label_permuted_images,
     permuted_images,

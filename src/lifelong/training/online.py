@@ -1,4 +1,5 @@
-"""The online training loop: each sample is scored by the current model, then learned from.
+"""The online training loop, beside `train_task`: each sample is scored by the current model,
+then learned from.
 
     for each mini-batch of the stream (batch size 1 by default):
         batch  = method.prepare_batch(batch)          # only if the method uses it
@@ -7,10 +8,11 @@
         loss   = batch.loss(output) + method.penalty(batch, output)
         loss.backward(); optimizer.step()             # + the method's step hooks
 
-Task boundaries are announced to the method (`before_task` / `after_task`) only when
-`boundaries=True`: by default the stream is task-free. The online score is the output of the very
-forward pass that the update uses, so it costs one argmax per step; it is gathered in tensors and
-read once per bin, so a step never waits on the device.
+Task boundaries are announced to the method only when `boundaries=True`, through the task
+lifecycle (`lifelong.training.lifecycle`: before_task and training_data with the task's segment
+at its start, after_task with the segment at its end); by default the stream is task-free. The
+online score is the output of the very forward pass that the update uses, so it costs one argmax
+per step; it is gathered in tensors and read once per bin, so a step never waits on the device.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from torch import Tensor, nn
 
 from ..core.batch import Batch
 from ..core.method import Method
-from ..training.loop import training_step
-from ..training.progress import Progress
-from .streams import Stream
+from ..scenarios.streams import Stream
+from .lifecycle import begin_task, end_task
+from .loop import training_step
+from .progress import Progress
 
 
 @dataclasses.dataclass
@@ -143,11 +146,11 @@ def train_stream(
     for task in range(stream.num_tasks):
         if seen >= total:
             break
-        if boundaries:
-            method.before_task(task)
         segment = stream.segment(task).select(slice(0, total - seen)).to(device)
+        if boundaries:
+            begin_task(method, task, segment, fixed_data=True)
         if progress is not None:
-            progress.start_task(task, stream.num_tasks, -(-len(segment) // batch_size))
+            progress.start_task(task, -(-len(segment) // batch_size))
         task_score = [0.0, 0]  # sum of scores, samples
         for i, (x, y) in enumerate(zip(segment.x.split(batch_size), segment.y.split(batch_size))):
             output, loss = training_step(model, optimizer, Batch(x, y), None, prepare, penalty)
@@ -174,7 +177,7 @@ def train_stream(
         if on_task_end is not None:
             on_task_end(task, task_values[-1])
         if boundaries:
-            method.after_task(task, segment)
+            end_task(method, task, segment)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return StreamStats(bins, task_values, seen, steps, time.perf_counter() - started)

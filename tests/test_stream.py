@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from cifar_fakes import fake_batches as _fake_batches
 
 from lifelong.errors import ConfigError
-from lifelong.streaming import STREAM_BENCHMARKS, StreamConfig, get_stream_benchmark, run_stream
+from lifelong.runs.config import RunConfig, RunSettings, StreamConfig
+from lifelong.runs.setup import prepare, set_up
+from lifelong.runs.stream import run_stream
+from lifelong.scenarios import STREAM_BENCHMARKS, get_stream_benchmark
 
 
 def test_protocols_are_the_papers() -> None:
@@ -60,3 +64,24 @@ def test_a_short_run_on_label_permuted_cifar10_trains(tmp_path, isolated_env,
     assert result.samples == 12 and len(result.task_values) == 2
     assert all(0.0 <= v <= 1.0 for v in result.task_values)
     assert np.isfinite(result.bins[-1]["loss"])
+
+
+def test_run_and_stream_share_their_settings_and_keep_their_config_keys(tmp_path) -> None:
+    shared = set(RunSettings.keys())
+    assert len(shared) == 18
+    assert set(RunConfig.keys()) - shared == {
+        "scenario", "epochs", "iterations", "dropout", "width", "batch_norm", "head",
+        "mask_unseen", "eval_batch_size"}
+    assert set(StreamConfig.keys()) - shared == {
+        "tasks", "steps", "bin_size", "boundaries", "diagnose_every"}
+    setup = set_up(*prepare(StreamConfig(optimizer="adamw", tasks=2, device="cpu")))
+    assert isinstance(setup.optimizer, torch.optim.AdamW)  # adamw was refused for streams
+    setup.method.detach()
+    run_stream(StreamConfig(tasks=2, steps=20, device="cpu"), tmp_path, progress=False)
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert set(written) == {  # the keys of a stream's config.yaml before the shared settings
+        "lifelong_version", "benchmark", "method", "seed", "tasks", "steps", "batch_size", "lr",
+        "optimizer", "momentum", "weight_decay", "model", "hidden", "bin_size", "boundaries",
+        "diagnostics", "diagnose_every", "probe_size", "device", "flush_denormal", "data_dir",
+        "log", "method_params", "benchmark_params"}
+    assert (written["momentum"], written["weight_decay"], written["model"]) == (0.0, 0.0, "mlp")

@@ -1,0 +1,231 @@
+"""One experiment end to end: benchmark → scenario → model + method → train and evaluate → metrics.
+
+`run_experiment(RunConfig(...))` is what `lifelong run` calls. Everything that can be wrong with
+the configuration (names, values, combinations, missing data files) is checked before the first
+training step. Each task goes through the one task lifecycle (`lifelong.training.lifecycle`),
+then every task's test set is evaluated; the results so far are checkpointed after each task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .._version import __version__
+from ..errors import ConfigError
+from ..metrics import summarize
+from ..metrics.diagnostics import diagnose
+from ..scenarios import Scenario, Task
+from ..training.checkpoint import CHECKPOINT, RunProgress, load_checkpoint, save_checkpoint
+from ..training.evaluate import evaluate, evaluate_tasks
+from ..training.lifecycle import fit_task
+from ..training.progress import Progress
+from ..training.rundir import RunDir
+from .config import RunConfig, config_differences
+from .setup import Setup, open_run_dir, peak_memory_mb, prepare, set_up
+
+
+@dataclasses.dataclass
+class RunResult:
+    config: dict[str, Any]
+    accuracy_matrix: list[list[float]]
+    loss_matrix: list[list[float]]
+    baseline_accuracy: list[float | None]
+    metrics: dict[str, float | None]
+    task_seconds: list[float]
+    method_reports: list[dict[str, float]]  # per task: what the method measured (report hook)
+    diagnostics: list[dict[str, Any]]  # per task, with --diagnostics (lifelong.metrics.diagnostics)
+    seconds: float
+    peak_memory_mb: float
+    device: str
+
+    def summary(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "benchmark": cfg["benchmark"], "scenario": cfg["scenario"], "method": cfg["method"],
+            "seed": cfg["seed"], **self.metrics,
+            "accuracy_matrix": self.accuracy_matrix, "loss_matrix": self.loss_matrix,
+            "baseline_accuracy": self.baseline_accuracy,
+            "task_seconds": self.task_seconds, "method_reports": self.method_reports,
+            "diagnostics": self.diagnostics,
+            "seconds": self.seconds,
+            "peak_memory_mb": self.peak_memory_mb, "device": self.device,
+            "lifelong_version": __version__, "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+        }
+
+
+def baseline_accuracies(model: torch.nn.Module, scenario: Scenario, device: torch.device,
+                        batch_size: int) -> list[float | None]:
+    """b_j: accuracy of the untrained model on task j, read out as R[j-1][j] will be (for FWT).
+
+    In class-incremental learning with unseen classes masked, R[j-1][j] only sees the classes of
+    tasks before j, so b_j does too; b_0 is not used by FWT and is None there.
+    """
+    readout = scenario.readout
+    saved = readout.active.clone()
+    baseline: list[float | None] = []
+    try:
+        for j, task in enumerate(scenario.tasks):
+            if readout.mask_unseen:
+                if j == 0:
+                    baseline.append(None)
+                    continue
+                active = torch.zeros_like(saved)
+                active[readout.units(list(range(j)))] = True
+                readout.set_active(active)
+            baseline.append(evaluate(model, readout, task.test_data(device), batch_size,
+                                     per_token=scenario.per_token)[0])
+    finally:
+        readout.set_active(saved)
+    return baseline
+
+
+def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
+                   progress: bool = True, label: str = "", resume: bool = False,
+                   checkpoint: bool = True) -> RunResult:
+    """Train `config.method` on every task of the benchmark in turn, evaluating all tasks after
+    each; write config.yaml, metrics.jsonl, summary.json and, after every task, checkpoint.pt
+    (`checkpoint=False`: none) to `out_dir` when given.
+
+    `resume=True` continues the run in `out_dir` from its last checkpoint (from the start when a
+    kill came before the first one): the result equals an uninterrupted run's
+    (`lifelong.training.checkpoint`)."""
+    cfg, method = prepare(config)
+    if resume and out_dir is None:
+        raise ConfigError("resuming needs the run's folder")
+    setup = set_up(cfg, method, out_dir)
+    run = _TaskRun(setup, out_dir, resume=resume, checkpoint=checkpoint)
+    scenario = setup.data
+    try:
+        run.measure_baseline()
+        with Progress(progress, label=label, num_tasks=scenario.num_tasks) as bar:
+            for task in scenario.tasks[run.done.next_task:]:
+                run.train_and_evaluate(task, bar)
+    finally:
+        method.detach()
+        if run.run_dir:
+            run.run_dir.close()
+    done = run.done
+    result = RunResult(
+        config=setup.config, accuracy_matrix=done.accuracy_matrix, loss_matrix=done.loss_matrix,
+        baseline_accuracy=done.baseline,
+        metrics=summarize(done.accuracy_matrix, _fwt_baseline(done.baseline)),
+        task_seconds=done.task_seconds, method_reports=done.method_reports,
+        diagnostics=done.diagnostics, seconds=time.perf_counter() - run.started,
+        peak_memory_mb=peak_memory_mb(setup.device), device=str(setup.device))
+    if run.run_dir:
+        run.run_dir.write_summary(result.summary())
+    return result
+
+
+def resume_experiment(out_dir: str | Path, *, progress: bool = True,
+                      label: str = "") -> RunResult:
+    """Continue the run in `out_dir` (its config.yaml) from its last checkpoint."""
+    out = Path(out_dir)
+    config_file = out / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{out} holds no config.yaml: it is not a run folder of `lifelong run`")
+    saved = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    saved.pop("lifelong_version", None)
+    return run_experiment(RunConfig.from_dict(saved), out, progress=progress, label=label,
+                          resume=True)
+
+
+class _TaskRun:
+    """The steps of one task-by-task run; they share its set-up, its folder and `done`, the
+    results so far (restored from the checkpoint when resuming)."""
+
+    def __init__(self, setup: Setup, out_dir: str | Path | None, *, resume: bool,
+                 checkpoint: bool) -> None:
+        self.setup, self.cfg = setup, setup.cfg
+        self.checkpoint = checkpoint
+        self.shuffle = torch.Generator().manual_seed(self.cfg.seed)  # mini-batch order
+        self.done = RunProgress()
+        if resume:
+            self._restore(Path(out_dir))
+        else:
+            self.run_dir = open_run_dir(setup, out_dir)
+        self.started = time.perf_counter() - self.done.seconds
+
+    def _restore(self, out: Path) -> None:
+        """A resumed run must have the configuration its folder was started with (any version);
+        without a checkpoint (a kill before the first one) it starts again."""
+        changed = config_differences(out, self.setup.config, ignore=("lifelong_version",))
+        if changed is None:
+            raise ConfigError(f"cannot resume {out}: it holds no config.yaml")
+        if changed:
+            raise ConfigError(f"cannot resume {out}: its config.yaml differs from this run's in "
+                              f"{', '.join(changed)}; start a new folder instead")
+        if not (out / CHECKPOINT).is_file():
+            self.run_dir = open_run_dir(self.setup, out)
+            return
+        s = self.setup
+        self.done = load_checkpoint(out, model=s.model, optimizer=s.optimizer, method=s.method,
+                                    readout=s.readout, shuffle=self.shuffle)
+        self.run_dir = open_run_dir(s, out, resume_at=self.done.metrics_bytes)
+
+    def log(self, **record: Any) -> None:
+        if self.run_dir:
+            self.run_dir.log(**record)
+
+    def measure_baseline(self) -> None:
+        if self.done.next_task == 0:
+            s = self.setup
+            self.done.baseline = baseline_accuracies(s.model, s.data, s.device,
+                                                     self.cfg.eval_batch_size)
+            self.log(event="baseline", accuracy=self.done.baseline)
+
+    def train_and_evaluate(self, task: Task, bar: Progress) -> None:
+        """Task `task` through the lifecycle, then every task's test set, the method's report,
+        the diagnostics, the log line of the task's end and the checkpoint."""
+        s, cfg, done = self.setup, self.cfg, self.done
+        task_started = time.perf_counter()
+        data = task.train_data(s.device)
+        stats = fit_task(s.model, s.optimizer, s.method, s.readout, task.id, data,
+                         batch_size=cfg.batch_size, epochs=cfg.epochs,
+                         iterations=cfg.iterations, generator=self.shuffle, progress=bar)
+        scores = evaluate_tasks(s.model, s.readout, s.data, s.device, cfg.eval_batch_size,
+                                method=s.method)
+        for other, (accuracy, loss) in zip(s.data.tasks, scores):
+            self.log(event="eval", after_task=task.id, task=other.id, accuracy=accuracy,
+                     loss=loss)
+        done.accuracy_matrix.append([accuracy for accuracy, _ in scores])
+        done.loss_matrix.append([loss for _, loss in scores])
+        if s.method.uses("report"):
+            done.method_reports.append(s.method.report(task.id, self._accuracies))
+            self.log(event="method", task=task.id, **done.method_reports[-1])
+        if cfg.diagnostics:
+            probe = data.select(slice(0, cfg.probe_size))
+            done.diagnostics.append({"task": task.id, **diagnose(
+                s.model, probe, lr=cfg.lr, readout=s.readout)})
+            self.log(event="diagnostics", **done.diagnostics[-1])
+        done.task_seconds.append(time.perf_counter() - task_started)
+        self.log(event="task_end", task=task.id, steps=stats.steps, train_seconds=stats.seconds,
+                 seconds=done.task_seconds[-1], epoch_losses=stats.epoch_losses)
+        if self.run_dir and self.checkpoint:
+            self._save(self.run_dir, task.id)
+
+    def _accuracies(self, candidate: torch.nn.Module) -> list[float]:
+        """The evaluator a method's report gets: `candidate`'s accuracy on every task."""
+        s = self.setup
+        return [accuracy for accuracy, _ in evaluate_tasks(
+            candidate, s.readout, s.data, s.device, self.cfg.eval_batch_size)]
+
+    def _save(self, run_dir: RunDir, task: int) -> None:
+        s, done = self.setup, self.done
+        done.next_task = task + 1
+        done.seconds = time.perf_counter() - self.started
+        done.metrics_bytes = run_dir.metrics_bytes()
+        save_checkpoint(run_dir.path, model=s.model, optimizer=s.optimizer, method=s.method,
+                        readout=s.readout, shuffle=self.shuffle, progress=done)
+
+
+def _fwt_baseline(baseline: list[float | None]) -> list[float]:
+    return [0.0 if b is None else b for b in baseline]  # b_0 is never used by FWT
