@@ -13,8 +13,9 @@ import pytest
 
 import lifelong.report.html as report_html
 from lifelong.cli import main
+from lifelong.report.blocks import fmt_mean_std
 from lifelong.report.data import ReportError
-from lifelong.report.html import fmt_mean_std, render_report, write_report
+from lifelong.report.html import render_report, write_report
 
 FAST = ["-b", "split-digits", "--iterations", "5", "--hidden", "16", "--quiet"]
 METRICS = ("acc", "bwt", "fwt", "forgetting", "seconds")

@@ -4,8 +4,9 @@ The canonical `cifar-100-python.tar.gz` (MD5-checked), or its already extracted
 `cifar-100-python/` folder (`train` and `test` each MD5-checked), is looked for in `DIR/cifar100/`
 or `DIR` itself for every `DIR` of `data_dirs()`; otherwise the tarball is downloaded into
 `cache_dir()/cifar100/`, unless downloads are disabled. The two pickled batches are read straight
-from the tarball with CIFAR-10's restricted unpickler (`lifelong.data.cifar`): nothing is
-extracted to disk and only NumPy arrays, lists, bytes and numbers are unpickled.
+from the tarball with the restricted unpickler shared with CIFAR-10
+(`lifelong.data.cifar_canonical`): nothing is extracted to disk and only NumPy arrays, lists,
+bytes and numbers are unpickled.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from lifelong.data.arrays import ArraySplits
-from lifelong.data.cifar import CanonicalSpec, download_canonical, find_canonical
+from lifelong.data.cifar_canonical import CanonicalSpec, download_canonical, find_canonical
 from lifelong.data.download import data_dirs, download
 from lifelong.errors import ConfigError
 

@@ -2,13 +2,9 @@
 datasets, the named benchmarks) and streams, seen once in order (online learning)."""
 
 from .benchmarks import BENCHMARKS, Benchmark, Protocol, get_benchmark, list_benchmarks
-from .builders import (
-    permuted_inputs,
-    permuted_labels,
-    rotated_inputs,
-    split_by_classes,
-    split_scenario,
-)
+from .permuted import permuted_inputs, permuted_labels
+from .rotated import rotated_inputs
+from .split import split_by_classes, split_scenario
 from .stream_benchmarks import (
     STREAM_BENCHMARKS,
     StreamBenchmark,

@@ -15,7 +15,9 @@ from typing import Any, Literal
 from ..core.config import Config, option
 from ..core.registry import unknown_name
 from ..errors import ConfigError
-from .builders import permuted_inputs, rotated_inputs, split_by_classes
+from .permuted import permuted_inputs
+from .rotated import rotated_inputs
+from .split import split_by_classes
 from .task import Scenario
 from .text_benchmarks import DomainOptions, StandardOptions, TextOptions
 
