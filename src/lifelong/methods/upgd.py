@@ -10,8 +10,7 @@ formulas, their numerics and the state are in `lifelong.functional.upgd`; this m
 gradient transform: an optimizer step pre-hook rewrites every `p.grad` so that a plain
 `torch.optim.SGD(lr)` (no momentum, no weight decay) performs exactly the update above (with Adam
 the same transformed gradient gives an adaptive variant, not the paper's algorithm). The authors'
-README code steps by 2·lr; here, as in the paper's algorithm, by lr. `lifelong.optim.UPGD` is the
-same update as an optimizer.
+README code steps by 2·lr; here, as in the paper, by lr. `lifelong.optim.UPGD`: the optimizer form.
 
 - `utility=first` (default) is the UPGD the authors publish; `second` adds ½h⊙θ², h the diagonal
   Hessian of the task loss (`Batch.loss` after the readout; other methods' penalties excluded):
