@@ -22,9 +22,8 @@ README code steps by 2·lr; here, as in the paper, by lr. `lifelong.optim.UPGD`:
   layer), u_j = −Σ_i W_ji ∂L/∂W_ji − c_j ∂L/∂c_j, that of its pre-activation (for ReLU,
   LeakyReLU, Identity and Dropout also that of its output); its gate scales row j of the weight
   and bias. The output layer and any other parameter get the plain gradient (+ wd·θ), no noise.
-- Data parallelism: the first-order utility comes from DDP's averaged gradient and the (equal)
-  weights; the second-order curvature of each replica's batch is averaged (one collective); the
-  generator's state is broadcast from rank 0 at attach, so every replica draws the same ξ.
+- Data parallelism: first-order utilities come from DDP's averaged gradient and equal weights;
+  each replica's curvature is averaged; the generator is broadcast at attach (the same ξ).
 """
 
 from __future__ import annotations
