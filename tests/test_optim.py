@@ -106,6 +106,39 @@ def test_state_dict_continues_exactly() -> None:
         restored.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
 
 
+def test_frozen_parameters_take_no_step_noise_or_decay() -> None:
+    data = batches(3)
+    model = tiny_mlp()
+    model[0].bias.requires_grad_(False)
+    frozen = model[0].bias.detach().clone()
+    optimizer = UPGD(model.parameters(), lr=0.2, seed=7, sigma=1.0, weight_decay=0.5)
+    train(model, optimizer, data)
+    assert torch.equal(model[0].bias, frozen)
+    reference = tiny_mlp()  # the method with SGD: frozen parameters are not the method's
+    reference[0].bias.requires_grad_(False)
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.2)
+    UPGDMethod(sigma=1.0, weight_decay=0.5).attach(reference, sgd, seed=7)
+    train(reference, sgd, data)
+    assert_same(model, reference)
+
+
+def test_data_parallel_replicas_share_the_noise_generator(monkeypatch) -> None:
+    import lifelong.optim.upgd as optim_module
+
+    broadcast = []
+    monkeypatch.setattr(optim_module, "broadcast_generator_", broadcast.append)
+    optimizer = UPGD(tiny_mlp().parameters(), lr=0.2, seed=7)
+    assert broadcast == [optimizer.generator]  # rank 0's state, before any draw
+
+
+def test_a_state_from_before_the_functional_core_is_refused_in_one_line() -> None:
+    optimizer = UPGD(tiny_mlp().parameters(), lr=0.2)
+    old = optimizer.state_dict()
+    old["upgd"] = {"utility": old["upgd"]["trace"], "utility_origin": 0, "steps": 3}
+    with pytest.raises(ValueError, match="saved by an older lifelong"):
+        optimizer.load_state_dict(old)
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda m: UPGD(m.parameters(), lr=0.0), "lr must be > 0"),
     (lambda m: UPGD([{"params": [m[0].weight]}, {"params": [m[0].bias]}]), "one parameter group"),

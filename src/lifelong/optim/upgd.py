@@ -26,6 +26,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..functional import upgd as F
 from ..functional.noise import GaussianNoise
+from ..integrations.distributed import broadcast_generator_
 from ..methods.upgd import UPGDConfig
 
 
@@ -49,15 +50,17 @@ class UPGD(torch.optim.Optimizer):
         if len(self.param_groups) != 1:
             raise ValueError("UPGD takes one parameter group: its utilities' maximum spans "
                              f"all parameters (got {len(self.param_groups)} groups)")
-        self.params: list[Tensor] = self.param_groups[0]["params"]
+        # frozen parameters take no step (as with SGD), and no noise or weight decay either
+        self.params: list[Tensor] = [p for p in self.param_groups[0]["params"] if p.requires_grad]
         if not self.params:
-            raise ValueError("UPGD got no parameters")
+            raise ValueError("UPGD got no trainable parameters")
         dtype, device = self.params[0].dtype, self.params[0].device
         if any(p.dtype != dtype or p.device != device for p in self.params):
             raise ConfigError("UPGD needs every parameter on one device with one dtype")
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        broadcast_generator_(self.generator)  # data-parallel replicas draw the same noise
         self.upgd, self.layout = F.init_weights(self.params)
         # the draws land in this buffer, which then holds g' (also when σ = 0: scratch space)
         self.noise = GaussianNoise(self.params, self.generator)
@@ -94,6 +97,9 @@ class UPGD(torch.optim.Optimizer):
         if saved is None:
             raise ValueError("UPGD.load_state_dict: no 'upgd' entry (the utilities and noise "
                              "state); was this saved by another optimizer?")
+        if "trace" not in saved:
+            raise ValueError("UPGD.load_state_dict: this state was saved by an older lifelong "
+                             "(before the functional UPGD core); start the optimizer afresh")
         if saved["trace"].shape != self.upgd.trace.shape:
             raise ValueError(f"UPGD.load_state_dict: the saved trace has {saved['trace'].numel()}"
                              f" entries, these parameters {self.upgd.trace.numel()}")
