@@ -62,8 +62,15 @@ def test_the_phases_alone_serve_a_loop_lifelong_does_not_own() -> None:
     assert begin_task(method, 0) is None  # no data: training_data is not asked
     assert begin_task(method, 1, data, readout=scenario.readout, fixed_data=True) is data
     end_task(method, 1, data)
+
+    def read_data() -> Batch:  # a Trainer's dataloader is read after before_task
+        method.calls.append(("read", 2))
+        return data
+
+    assert begin_task(method, 2, read_data) is data
     assert [call[:2] for call in method.calls] == [
-        ("before", 0), ("before", 1), ("training_data", 1), ("after", 1)]
+        ("before", 0), ("before", 1), ("training_data", 1), ("after", 1), ("before", 2),
+        ("read", 2), ("training_data", 2)]
 
 
 def test_a_loop_with_fixed_data_refuses_a_method_that_chooses_other_data() -> None:
@@ -72,6 +79,8 @@ def test_a_loop_with_fixed_data_refuses_a_method_that_chooses_other_data() -> No
     method = Recorder(extra=data).attach(tiny_mlp(outputs=scenario.num_outputs))
     with pytest.raises(ConfigError, match="recorder trains on other data than the task's"):
         begin_task(method, 0, data, fixed_data=True)
+    with pytest.raises(ConfigError, match="as it is given; give the Trainer that data instead$"):
+        begin_task(method, 0, data, fixed_data=True, remedy="give the Trainer that data instead")
     with pytest.raises(ConfigError, match="joint trains on the stored samples .* a stream"):
         check_trains_on_given_data(build_method("joint"), "a stream", "use lifelong run")
     check_trains_on_given_data(build_method("ncl"), "a stream", "")  # reads, keeps nothing

@@ -3,20 +3,25 @@
     from accelerate import Accelerator
     from lifelong.core import build_method
     from lifelong.integrations.accelerate import attach, task_batches, training_loss
+    from lifelong.training.lifecycle import begin_task, end_task
 
     accelerator = Accelerator(gradient_accumulation_steps=2, mixed_precision="bf16")
     model, optimizer = accelerator.prepare(model, optimizer)
     method = attach(accelerator, model, optimizer, build_method("replay+ewc"))
     for task, loader in enumerate(loaders):
         loader = accelerator.prepare(loader)  # dicts of input_ids, attention_mask, labels
-        method.before_task(task)
+        begin_task(method, task)  # the task lifecycle: before_task (and, given data, training_data)
         for inputs in loader:
             with accelerator.accumulate(model):
                 loss, outputs = training_loss(method, model, inputs, task=task)
                 accelerator.backward(loss)
                 optimizer.step()  # the method's gradient hooks run here, once per real update
                 optimizer.zero_grad()
-        method.after_task(task, task_batches(method, loader, task=task))
+        end_task(method, task, task_batches(method, loader, task=task))
+
+A method that reads the task's data before training (NCL counts its samples) gets it through
+`begin_task`'s `data` argument, one `Batch` of the task's samples (the Trainer integration,
+`lifelong.integrations.hf.LifelongCallback.on_train_begin`, builds it from the dataloader).
 
 `training_loss` is lifelong's step on a Hugging Face batch (see `lifelong.integrations.hf`):
 prepare_batch, forward, `Batch.loss` plus the method's penalty, a mean over the batch (which

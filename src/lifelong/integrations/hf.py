@@ -179,10 +179,13 @@ class LifelongCallback(transformers.TrainerCallback):
                        optimizer: Any = None, train_dataloader: Any = None, **kwargs: Any) -> None:
         inner = getattr(optimizer, "optimizer", optimizer)  # AcceleratedOptimizer's torch one
         bind(self.method, model, inner, seed=self.seed)
-        data = None  # the batches are gathered only for a method that reads them (NCL counts)
+        # the batches are gathered, after before_task, only for a method that reads them (NCL
+        # counts the samples)
+        data = None
         if self.method.uses("training_data"):
-            data = whole(self._pad_to_longest(self._batches(train_dataloader)))
-        begin_task(self.method, self.task, data, fixed_data=True)
+            data = lambda: whole(self._pad_to_longest(self._batches(train_dataloader)))  # noqa: E731
+        begin_task(self.method, self.task, data, fixed_data=True,
+                   remedy="give the Trainer that data as train_dataset instead")
 
     def on_train_end(self, args: Any, state: Any, control: Any, train_dataloader: Any = None,
                      **kwargs: Any) -> None:

@@ -16,7 +16,10 @@ The paper's L1 normalisation of m does not change a per-layer quantile mask, so 
   `lifelong.core.probe.probe()` (every pass a method makes to measure the model: A-GEM's and
   GEM's reference gradients inside the optimizer step, per-sample gradients, SPG's and DAS's
   importance, a teacher's targets) do not add to the magnitudes. Passes that are part of the
-  training objective (DER's memory passes, DAS's contrastive views) count.
+  training objective (DER's memory passes, DAS's contrastive views) count, and so does a pass of
+  your own code in train mode with gradients: wrap a measuring pass in `probe(model)`.
+- Layers added after attach (a LoRA method's adapters) are found when the trainable parameters
+  change (`Method.parameters_changed`, which a composition calls; call it in your own loop).
 - Data parallel: the magnitudes are summed over the replicas before the quantile, so every replica
   applies the same mask.
 - LoRA (peft): the A matrix of an adapter (`lora_A`, in → r) is masked by the magnitudes of its own

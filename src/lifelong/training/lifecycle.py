@@ -15,7 +15,7 @@ the hooks, and what data each one gets, is the same wherever a method runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -28,23 +28,28 @@ from .loop import TaskTrainingStats, count_steps, train_task
 from .progress import Progress
 
 
-def begin_task(method: Method, task: int, data: Batch | None = None, *,
-               readout: Readout | None = None, fixed_data: bool = False) -> Batch | None:
+def begin_task(method: Method, task: int, data: Batch | Callable[[], Batch] | None = None, *,
+               readout: Readout | None = None, fixed_data: bool = False,
+               remedy: str = "") -> Batch | None:
     """Start task `task`: `readout.begin_task`, `method.before_task`, and, when `data` (the
-    task's training set, or this replica's shard of it) is given, the data to train on as
-    `method.training_data` chooses it; None without `data`.
+    task's training set, or this replica's shard of it; or a function that gives it, called
+    after `before_task`, e.g. one that reads a Trainer's dataloader) is given, the data to train
+    on as `method.training_data` chooses it; None without `data`.
 
     `fixed_data=True`: the caller trains on `data` as it is (a Trainer's dataset, a stream), so
-    a method that chooses other data is refused rather than silently ignored."""
+    a method that chooses other data is refused rather than silently ignored (`remedy`: what to
+    do instead, added to the message)."""
     if readout is not None:
         readout.begin_task(task)
     method.before_task(task)
     if data is None:
         return None
+    if callable(data):
+        data = data()
     chosen = method.training_data(task, data)
     if fixed_data and chosen is not data:
         raise ConfigError(f"{method.name} trains on other data than the task's, and this loop "
-                          "trains on the task's data as it is given")
+                          f"trains on the task's data as it is given{remedy and '; ' + remedy}")
     return chosen
 
 
