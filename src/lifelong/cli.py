@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from .errors import ConfigError, LifelongError
 
 NO_REPORT_HELP = "do not write report.html (figures and tables) into the output folder"
@@ -186,16 +184,9 @@ def base_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     settings: dict[str, Any] = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"--config file '{path}' does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--config file '{path}' is not valid YAML: "
-                              f"{str(error).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config file '{path}' must hold a mapping of settings")
+        from .training.rundir import read_yaml
+
+        loaded = read_yaml(Path(args.config), f"--config file '{args.config}'")
         loaded.pop("lifelong_version", None)
         settings.update(loaded)
     for name in RUN_FLAGS + ("method",):
