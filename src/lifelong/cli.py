@@ -180,6 +180,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def base_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Run settings from --config, then the flags given on the command line."""
+    from .runs.config import RunConfig
     from .runs.settings import RUN_FLAGS
 
     settings: dict[str, Any] = {}
@@ -193,6 +194,7 @@ def base_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    RunConfig.from_dict(settings)  # each value's type, before --set routing reads them
     return settings
 
 

@@ -66,7 +66,7 @@ class RunSettings(Config):
                                   "then the download cache)")
     log: str = option("", "also log every metric to trackers: tensorboard, mlflow or both "
                       "(tensorboard,mlflow); needs pip install lifelong[tracking]")
-    method_params: dict = option({}, "per-method settings, e.g. {ewc: {lambda: 100}}")
+    method_params: dict[str, dict] = option({}, "per-method settings, e.g. {ewc: {lambda: 100}}")
     benchmark_params: dict = option({}, "benchmark settings, e.g. {num_tasks: 5}")
 
     def validate(self) -> None:
