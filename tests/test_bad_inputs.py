@@ -186,6 +186,17 @@ CASES = [
     Bad("config-a-list", _config("- lr: 0.1\n"), "must hold a mapping of settings"),
     Bad("config-unknown-key", _config("frobnicate: 1\n"), "unknown key 'frobnicate' for run"),
     Bad("config-wrong-type", _config("iterations: many\n"), "run.iterations"),
+    Bad("config-method-not-a-string", _config("method: 5\n"), "run.method: expected a string"),
+    Bad("config-method-params-not-a-mapping", _config("method_params: 3\n"),
+        "run.method_params: expected a mapping"),
+    Bad("config-method-params-of-a-list", _config("method: ewc\nmethod_params: {ewc: [1]}\n"),
+        "run.method_params.ewc: expected a mapping"),
+    Bad("config-benchmark-params-a-list", _config("benchmark_params: [1]\n"),
+        "run.benchmark_params: expected a mapping"),
+    Bad("compare-config-python-tag",
+        lambda tmp: ["compare", "--methods", "naive", "--out", str(tmp / "out"), "--config",
+                     str(_file(tmp / "config.yaml", "a: !!python/name:os.system\n"))],
+        "has the tag !!python/name:os.system at line 1, column 4"),
     Bad("config-not-text", _config(b"\xff\xfe\x00binary\x00"), "config.yaml"),
     # run folders
     Bad("out-is-a-file", lambda tmp: ["run", *FAST, "--out", str(_file(tmp / "file"))],
@@ -200,6 +211,11 @@ CASES = [
     Bad("compare-out-unwritable", lambda tmp: ["compare", *FAST, "--methods", "naive", "--jobs",
                                                "2", "--out", str(_unwritable(tmp))],
         "cannot write the output folder"),
+    Bad("sweep-out-is-a-file", lambda tmp: ["sweep", *FAST, "--methods", "naive", "--grid",
+                                            "lr=0.1,0.2", "--out", str(_file(tmp / "file"))],
+        "is a file, not a folder"),
+    Bad("demo-out-under-a-file", lambda tmp: ["demo", "--seeds", "0", "--out",
+                                              str(_file(tmp / "file"))], "file is a file"),
     Bad("stream-out-is-a-file", lambda tmp: ["stream", "--steps", "20", "--quiet", "--out",
                                              str(_file(tmp / "file"))], "is a file, not a folder"),
     Bad("resume-missing-folder", lambda tmp: ["run", "--resume", str(tmp / "nothing")],
@@ -263,6 +279,12 @@ CASES = [
         str(tmp / "out")], "Object arrays cannot be loaded"),
     Bad("images-empty-folder", lambda tmp: ["run", *FAST, "-b", f"folder:{tmp}", "--out",
                                             str(tmp / "out")], "folder"),
+    Bad("data-dir-a-file", lambda tmp: ["run", *FAST, "-b", "split-mnist", "--data-dir",
+                                        str(_file(tmp / "file"))], "MNIST file"),
+    Bad("data-dir-corrupt-mnist",
+        lambda tmp: ["run", *FAST, "-b", "split-mnist", "--data-dir", str(_file(
+            tmp / "mnist" / "train-images-idx3-ubyte.gz", b"garbage").parents[1])],
+        "is corrupt or not the official MNIST"),
     # compare, sweep, stream
     Bad("compare-no-methods", lambda tmp: ["compare", "--methods", ",", "--out", str(tmp)],
         "--methods is empty"),
@@ -306,6 +328,7 @@ def test_bad_input_gives_one_line_and_status_2(case: Bad, tmp_path: Path,
                                                capsys: pytest.CaptureFixture,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # a default output folder would land here, and be seen
+    monkeypatch.setenv("LIFELONG_NO_DOWNLOAD", "1")  # a missing data file: an error, not a fetch
     argv = case.make(tmp_path)
     before = _files(tmp_path)
     capsys.readouterr()
@@ -324,6 +347,7 @@ def test_no_traceback_reaches_the_terminal(tmp_path: Path) -> None:
         argv = case.make(folder)
         started.append((case, folder, _files(folder), subprocess.Popen(
             [sys.executable, "-m", "lifelong.cli", *argv], cwd=folder, text=True,
+            env={**os.environ, "LIFELONG_NO_DOWNLOAD": "1"},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
     for case, folder, before, process in started:
         _, err = process.communicate(timeout=120)
