@@ -89,10 +89,11 @@ def _finished(tmp: Path, files: dict[str, str] | None = None) -> Path:
 
 
 class _Payload:
-    """Pickles as a call of a function: what a malicious checkpoint holds."""
+    """Pickles as a call of a function, as a malicious checkpoint does; run, it would write a
+    file into the working directory (the case's folder), which `_check` would see."""
 
     def __reduce__(self):
-        return (os.getpid, ())
+        return (open, ("executed-by-unpickling", "w"))
 
 
 def _saved(value: object) -> bytes:
@@ -146,12 +147,13 @@ CASES = [
     Bad("unknown-method", _run("-m", "ewk"), "unknown method 'ewk'"),
     Bad("naive-combined", _run("-m", "naive+ewc"), "cannot be combined"),
     Bad("unknown-device", _run("--device", "tpu"), "unknown device 'tpu'"),
-    Bad("unknown-model", _run("--model", "transformer"), "transformer"),
-    Bad("hidden-not-numbers", _run("--hidden", "a,b"), "hidden"),
-    Bad("hidden-zero", _run("--hidden", "0"), "run.hidden"),
+    Bad("unknown-model", _run("--model", "transformer"), "unknown model 'transformer'"),
+    Bad("hidden-not-numbers", _run("--hidden", "a,b"),
+        "run.hidden: expected an integer, got 'a'"),
+    Bad("hidden-zero", _run("--hidden", "0"), "run.hidden: 0 is out of range"),
     Bad("dropout-above-one", _run("--dropout", "1.5"), "run.dropout: 1.5 is out of range"),
     Bad("unknown-head", _run("--head", "both"), "'both' is not accepted"),
-    Bad("unknown-tracker", _run("--log", "wandb"), "wandb"),
+    Bad("unknown-tracker", _run("--log", "wandb"), "unknown tracker 'wandb'"),
     Bad("seed-negative", _run("--seed", "-1"), "run.seed: -1 is out of range"),
     Bad("unknown-flag", _run("--frobnicate"), "unrecognized arguments: --frobnicate"),
     Bad("flag-without-value", lambda tmp: ["run", *FAST, "--epochs"],
@@ -182,7 +184,8 @@ CASES = [
     Bad("config-only-comments", _config("# nothing here\n"), "is empty"),
     Bad("config-broken-yaml", _config("lr: 0.1\n  seed: 0\n"),
         "at line 2, column 7: mapping values are not allowed here"),
-    Bad("config-python-tag", _config(PYTHON_TAG), "!!python"),
+    Bad("config-python-tag", _config(PYTHON_TAG),
+        "has the tag !!python/object/apply:os.system at line 1, column 7"),
     Bad("config-a-list", _config("- lr: 0.1\n"), "must hold a mapping of settings"),
     Bad("config-unknown-key", _config("frobnicate: 1\n"), "unknown key 'frobnicate' for run"),
     Bad("config-wrong-type", _config("iterations: many\n"), "run.iterations"),
@@ -197,7 +200,7 @@ CASES = [
         lambda tmp: ["compare", "--methods", "naive", "--out", str(tmp / "out"), "--config",
                      str(_file(tmp / "config.yaml", "a: !!python/name:os.system\n"))],
         "has the tag !!python/name:os.system at line 1, column 4"),
-    Bad("config-not-text", _config(b"\xff\xfe\x00binary\x00"), "config.yaml"),
+    Bad("config-not-text", _config(b"\xff\xfe\x00binary\x00"), "is not a text file"),
     # run folders
     Bad("out-is-a-file", lambda tmp: ["run", *FAST, "--out", str(_file(tmp / "file"))],
         "is a file, not a folder"),
@@ -226,9 +229,10 @@ CASES = [
     Bad("resume-config-broken", _resume(config="lr: [0.1\n"), "line 2, column"),
     Bad("resume-config-empty", _resume(config=""), "is empty"),
     Bad("resume-config-wrong-type", _resume(config="lifelong_version: 0.0\nseed: x\n"),
-        "run.seed"),
+        "run.seed: expected an integer, got 'x'"),
     Bad("resume-checkpoint-malicious", _resume(checkpoint=_saved({"format": 1, "x": _Payload()})),
-        "is not a lifelong checkpoint"),
+        "is not a lifelong checkpoint (it is not a file of tensors and plain values) and was "
+        "not loaded"),
     Bad("resume-checkpoint-garbage", _resume(checkpoint=b"not a checkpoint"),
         "is not a lifelong checkpoint"),
     Bad("resume-checkpoint-empty", _resume(checkpoint=b""), "is not a lifelong checkpoint"),
@@ -257,10 +261,11 @@ CASES = [
         lambda tmp: ["compare", *FAST, "--methods", "naive", "--resume", "--out",
                      str(_finished(tmp / "out" / "naive", {"summary.json": "{}"}).parents[1])],
         "is not a lifelong run's summary: it has no acc"),
-    Bad("report-missing-folder", lambda tmp: ["report", str(tmp / "nothing")], "nothing"),
+    Bad("report-missing-folder", lambda tmp: ["report", str(tmp / "nothing")],
+        "nothing' is not a folder"),
     Bad("report-corrupt-summary", lambda tmp: ["report", str(_file(tmp / "r" / "summary.json",
                                                                    "{not json").parent)],
-        "summary.json"),
+        "summary.json: Expecting property name"),
     # data files
     Bad("arrays-missing", _run("-b", f"arrays:{os.sep}nonexistent{os.sep}data.npz"),
         "data.npz not found"),
@@ -278,7 +283,7 @@ CASES = [
         tmp, x_train=np.array([object()] * 4), y_train=np.zeros(4))), "--out",
         str(tmp / "out")], "Object arrays cannot be loaded"),
     Bad("images-empty-folder", lambda tmp: ["run", *FAST, "-b", f"folder:{tmp}", "--out",
-                                            str(tmp / "out")], "folder"),
+                                            str(tmp / "out")], "has no class subfolders"),
     Bad("data-dir-a-file", lambda tmp: ["run", *FAST, "-b", "split-mnist", "--data-dir",
                                         str(_file(tmp / "file"))], "MNIST file"),
     Bad("data-dir-corrupt-mnist",
@@ -296,7 +301,7 @@ CASES = [
     Bad("sweep-grid-without-values", lambda tmp: ["sweep", *FAST, "--methods", "naive",
                                                   "--grid", "lr", "--out", str(tmp / "out")],
         "--grid takes KEY=V1,V2"),
-    Bad("stream-unknown-benchmark", _stream("-b", "nope"), "nope"),
+    Bad("stream-unknown-benchmark", _stream("-b", "nope"), "unknown streaming benchmark 'nope'"),
     Bad("stream-steps-zero", _stream("--steps", "0"), "stream.steps: 0 is out of range"),
     Bad("stream-set-unknown", _stream("--set", "cbp.nope=1", "-m", "cbp"), "unknown key 'nope'"),
 ]
