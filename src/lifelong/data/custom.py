@@ -78,7 +78,7 @@ def from_npz(path: str | os.PathLike, *, test_fraction: float = 0.2, seed: int =
     except FileNotFoundError:
         raise DataError(f"arrays file {path} does not exist") from None
     except (OSError, ValueError) as e:  # not a zip, a pickled object array, ...
-        # numpy takes a file that is no zip for a pickle and suggests loading it unsafely: no
+        # numpy reads a file that is no zip as a pickle and suggests loading it unsafely
         reason = ("it is not a .npz (zip) file" if path.is_file() and not zipfile.is_zipfile(path)
                   else str(e).split(". ")[0].rstrip("."))
         raise DataError(f"cannot read {path} as a .npz of arrays: {reason}") from None

@@ -114,8 +114,8 @@ def check_out_dir(path: str | os.PathLike) -> Path:
     that a folder that cannot take a run's files fails in one line (a ConfigError naming it and
     the reason) before any training."""
     path = Path(path)
-    existing = next(p for p in (path, *path.parents) if p.exists())  # "." or "/" at the latest
     try:
+        existing = next(p for p in (path, *path.parents) if p.exists())  # "." or "/" at last
         if not existing.is_dir():
             raise NotADirectoryError(0, f"{'it' if existing == path else existing} is a file, "
                                         "not a folder")
