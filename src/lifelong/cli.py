@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from .errors import ConfigError, LifelongError
 
 NO_REPORT_HELP = "do not write report.html (figures and tables) into the output folder"
@@ -182,26 +180,21 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def base_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Run settings from --config, then the flags given on the command line."""
+    from .runs.config import RunConfig
     from .runs.settings import RUN_FLAGS
 
     settings: dict[str, Any] = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"--config file '{path}' does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--config file '{path}' is not valid YAML: "
-                              f"{str(error).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config file '{path}' must hold a mapping of settings")
+        from .training.rundir import read_yaml
+
+        loaded = read_yaml(Path(args.config), f"--config file '{args.config}'")
         loaded.pop("lifelong_version", None)
         settings.update(loaded)
     for name in RUN_FLAGS + ("method",):
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    RunConfig.from_dict(settings)  # each value's type, before --set routing reads them
     return settings
 
 

@@ -202,6 +202,15 @@ def _coerce(owner: str, field: dataclasses.Field, value: Any, tp: Any) -> Any:
         items = [value_ if item_type is Any else _coerce(owner, field, value_, item_type)
                  for value_ in value]
         return tuple(items) if get_origin(tp) is tuple else items
+    if tp is dict or get_origin(tp) is dict:  # e.g. a config file's `method_params: 3`
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping (KEY: VALUE), got {value!r}")
+        (_, item_type) = get_args(tp) or (Any, Any)
+        if item_type is dict:  # a mapping of mappings: {ewc: {lambda: 100}}
+            for key, item in value.items():
+                if not isinstance(item, Mapping):
+                    raise ConfigError(f"{name}.{key}: expected a mapping (KEY: VALUE), got "
+                                      f"{item!r}")
     return value
 
 

@@ -12,6 +12,7 @@ a stratified `test_fraction` of each class is held out (drawn with `seed`).
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,10 @@ def from_npz(path: str | os.PathLike, *, test_fraction: float = 0.2, seed: int =
     except FileNotFoundError:
         raise DataError(f"arrays file {path} does not exist") from None
     except (OSError, ValueError) as e:  # not a zip, a pickled object array, ...
-        raise DataError(f"cannot read {path} as a .npz of arrays: {e}") from None
+        # numpy reads a file that is no zip as a pickle and suggests loading it unsafely
+        reason = ("it is not a .npz (zip) file" if path.is_file() and not zipfile.is_zipfile(path)
+                  else str(e).split(". ")[0].rstrip("."))
+        raise DataError(f"cannot read {path} as a .npz of arrays: {reason}") from None
     missing = [k for k in ("x_train", "y_train") if k not in arrays]
     if missing or (("x_test" in arrays) != ("y_test" in arrays)):
         raise DataError(f"{path} holds {', '.join(sorted(arrays)) or 'no arrays'}; expected "

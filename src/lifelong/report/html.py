@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..training.rundir import atomic_write_bytes, atomic_write_text
+from ..training.rundir import atomic_write_bytes, atomic_write_text, check_out_dir
 from .blocks import Page
 from .data import ReportError, load_report
 from .sections import (
@@ -86,6 +86,7 @@ def write_report(directory: str | Path) -> Path:
     directory = Path(directory)
     text, pngs = render_report(directory)
     folder = directory / FIGURE_FOLDER
+    check_out_dir(folder if pngs else directory)  # unwritable: one line, not a traceback
     for name, png in pngs.items():
         atomic_write_bytes(folder / name, png)
     if folder.is_dir():  # figures of an earlier report that this one no longer has

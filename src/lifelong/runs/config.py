@@ -31,7 +31,7 @@ from ..integrations.tracking import parse_trackers
 from ..models import build_model
 from ..scenarios import Scenario, Stream, get_benchmark, get_stream_benchmark
 from ..training.lifecycle import check_trains_on_given_data
-from ..training.rundir import jsonable
+from ..training.rundir import jsonable, read_yaml
 
 # settings that change no result: a run may be resumed, or a finished one kept, with others
 RESULT_NEUTRAL = ("log",)
@@ -66,7 +66,7 @@ class RunSettings(Config):
                                   "then the download cache)")
     log: str = option("", "also log every metric to trackers: tensorboard, mlflow or both "
                       "(tensorboard,mlflow); needs pip install lifelong[tracking]")
-    method_params: dict = option({}, "per-method settings, e.g. {ewc: {lambda: 100}}")
+    method_params: dict[str, dict] = option({}, "per-method settings, e.g. {ewc: {lambda: 100}}")
     benchmark_params: dict = option({}, "benchmark settings, e.g. {num_tasks: 5}")
 
     def validate(self) -> None:
@@ -216,7 +216,7 @@ def config_differences(out: str | Path, config: dict[str, Any],
     path = Path(out) / "config.yaml"
     if not path.is_file():
         return None
-    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    saved = read_yaml(path, f"the run's {path}")
     wanted = yaml.safe_load(yaml.safe_dump(jsonable(config), sort_keys=False))
     skip = (*ignore, *RESULT_NEUTRAL)
     return sorted(k for k in set(saved) | set(wanted)

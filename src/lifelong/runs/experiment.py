@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from .._version import __version__
 from ..errors import ConfigError
@@ -26,7 +25,7 @@ from ..training.checkpoint import CHECKPOINT, RunProgress, load_checkpoint, save
 from ..training.evaluate import evaluate, evaluate_tasks
 from ..training.lifecycle import fit_task
 from ..training.progress import Progress
-from ..training.rundir import RunDir
+from ..training.rundir import RunDir, read_yaml
 from .config import RunConfig, config_differences
 from .setup import Setup, open_run_dir, peak_memory_mb, prepare, set_up
 
@@ -132,7 +131,7 @@ def resume_experiment(out_dir: str | Path, *, progress: bool = True,
     config_file = out / "config.yaml"
     if not config_file.is_file():
         raise ConfigError(f"{out} holds no config.yaml: it is not a run folder of `lifelong run`")
-    saved = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    saved = read_yaml(config_file, f"the run's {config_file}")
     saved.pop("lifelong_version", None)
     return run_experiment(RunConfig.from_dict(saved), out, progress=progress, label=label,
                           resume=True)

@@ -21,7 +21,7 @@ from ..core.registry import get_method_class, list_methods
 from ..errors import ConfigError
 from ..metrics import seed_stats
 from ..training.checkpoint import CHECKPOINT
-from ..training.rundir import write_json
+from ..training.rundir import check_out_dir, write_json
 from .config import RunConfig, config_differences
 from .experiment import run_experiment
 from .settings import RUN_FLAGS, route_settings
@@ -130,10 +130,18 @@ def _same_config(directory: Path, config: dict[str, Any]) -> bool:
 
 def finished_summary(directory: str | Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The summary of a run already in `directory` with exactly this configuration, or None."""
-    directory = Path(directory)
-    if not (directory / "summary.json").is_file() or not _same_config(directory, config):
+    path = Path(directory) / "summary.json"
+    if not path.is_file() or not _same_config(path.parent, config):
         return None
-    return json.loads((directory / "summary.json").read_text())
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # bad JSON or not UTF-8: written by someone else than a run
+        raise ConfigError(f"cannot read {path}: {error}; remove it to run again") from None
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise ConfigError(f"{path} is not a lifelong run's summary: it has no "
+                          f"{', '.join(missing)}; remove it to run again")
+    return summary
 
 
 def resumable(directory: str | Path, config: dict[str, Any]) -> bool:
@@ -158,6 +166,7 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend must be local or ray, got '{backend}'")
     plan = plan_grid(settings, methods, seeds, set_pairs, grid)
+    check_out_dir(out)  # here, not in each worker: one line however many jobs
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
     directories = {(v.label, s): str(out / v.folder / f"seed{s}") for v, s, _ in plan}
     if resume:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LifelongError
 from .rundir import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
@@ -106,15 +107,38 @@ def load_checkpoint(directory: Path, *, model: torch.nn.Module,
     path = directory / CHECKPOINT
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file: say which and why
-        raise ConfigError(f"cannot read the checkpoint {path}: {e}") from None
+    except pickle.UnpicklingError:  # torch's weights-only refusal: objects other than tensors
+        raise _not_a_checkpoint(path, "it is not a file of tensors and plain values") from None
+    except EOFError:
+        raise _not_a_checkpoint(path, "the file is empty or cut short") from None
+    except Exception as error:  # truncated or foreign file: say which and why
+        raise _not_a_checkpoint(path, _first_sentence(error)) from None
+    if not isinstance(state, dict):
+        raise _not_a_checkpoint(path, f"it holds a {type(state).__name__}")
     if state.get("format") != FORMAT:
         raise ConfigError(f"{path} has checkpoint format {state.get('format')!r}; this version "
                           f"of lifelong reads format {FORMAT}")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    method.load_state_dict(state["method"])
-    readout.set_active(state["readout_active"])
-    shuffle.set_state(state["shuffle"])
-    set_random_states(state["random"])
-    return RunProgress(**state["progress"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method"])
+        readout.set_active(state["readout_active"])
+        shuffle.set_state(state["shuffle"])
+        set_random_states(state["random"])
+        return RunProgress(**state["progress"])
+    except LifelongError:  # a method's own refusal, already one line
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        raise _not_a_checkpoint(path, "it does not fit this run: " + (
+            f"no {error}" if isinstance(error, KeyError) else _first_sentence(error))) from None
+
+
+def _not_a_checkpoint(path: Path, reason: str) -> ConfigError:
+    """One line for a file that load_checkpoint refuses (torch's own message spans many)."""
+    return ConfigError(f"cannot read the checkpoint {path}: it is not a lifelong checkpoint "
+                       f"({reason}) and was not loaded")
+
+
+def _first_sentence(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split(". ")[0].rstrip(".:")

@@ -15,6 +15,7 @@ import atexit
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -24,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError
 from ..integrations.tracking import MetricMapper, Tracker
 
 _UMASK = os.umask(0)
@@ -69,6 +71,63 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_yaml(path: Path, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(jsonable(data), sort_keys=False))
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """The mapping of settings in the YAML file `path` (a --config file, a run's config.yaml);
+    anything else is a ConfigError of one line that starts with `what` (e.g. "--config file
+    'x.yaml'"), with the line and column of a syntax error. Only plain YAML is read: a tag such
+    as `!!python/object` is refused, never constructed."""
+    if path.is_dir():
+        raise ConfigError(f"{what} is a directory; give a YAML file of settings")
+    if not path.is_file():
+        raise ConfigError(f"{what} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not a text file (UTF-8 YAML)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {what}: {error.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tag = re.search(r"for the tag '([^']*)'", error.problem or "")
+        if isinstance(error, yaml.constructor.ConstructorError) and tag:
+            shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(f"{what} has the tag {shown}{where}; only plain YAML values are "
+                              "accepted, nothing was loaded") from None
+        raise ConfigError(f"{what} is not valid YAML{where}: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if loaded is None:
+        raise ConfigError(f"{what} is empty; it must hold a mapping of settings, e.g. 'lr: 0.01'")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} must hold a mapping of settings, not a "
+                          f"{type(loaded).__name__}")
+    return loaded
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder `path` if needed and check that a file can be written in it, so
+    that a folder that cannot take a run's files fails in one line (a ConfigError naming it and
+    the reason) before any training."""
+    path = Path(path)
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())  # "." or "/" at last
+        if not existing.is_dir():
+            raise NotADirectoryError(0, f"{'it' if existing == path else existing} is a file, "
+                                        "not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        culprit = f" ({error.filename})" if error.filename and error.filename != str(path) else ""
+        raise ConfigError(f"cannot write the output folder {path}: {error.strerror}{culprit}; "
+                          f"choose a folder you can write to") from None
+    return path
 
 
 class RunDir:
