@@ -192,6 +192,17 @@ def method_settings(method: Method) -> dict[str, dict]:
     return {m.name: m.config.to_dict() for m in members if m.config.to_dict()}
 
 
+def unprotected_warnings(method: Method, scenario: str) -> list[str]:
+    """One line per member known not to protect `scenario` (`Method.unprotected_scenarios`);
+    none when another member does (replay+spg in class-incremental learning)."""
+    members = method.members if isinstance(method, Composite) else [method]
+    reasons = [(m.name, m.unprotected_scenarios.get(scenario)) for m in members]
+    if any(why is None for _, why in reasons):
+        return []
+    return [f"{name} does not protect {scenario}-incremental learning: {why}"
+            for name, why in reasons]
+
+
 def check_compatible(method: Method, scenario: str, *, task_boundaries: bool = True) -> None:
     """Refuse, with the reason, a method that cannot run in this scenario."""
     members = method.members if isinstance(method, Composite) else [method]

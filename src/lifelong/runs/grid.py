@@ -26,7 +26,7 @@ from ..training.rundir import write_json
 from .config import RunConfig, config_differences
 from .experiment import run_experiment
 from .settings import RUN_FLAGS, route_settings
-from .setup import prepare
+from .setup import WARNINGS, prepare
 
 SUMMARY_KEYS = ("acc", "bwt", "fwt", "forgetting", "seconds")
 
@@ -35,8 +35,9 @@ def _run_one(config: dict[str, Any], out_dir: str, threads: int | None,
              progress: bool, label: str, resume: bool = False) -> dict[str, Any]:
     """One run (in a worker process when jobs > 1); returns its summary. `resume`: continue
     from the checkpoint in `out_dir`."""
-    if threads:
+    if threads:  # a worker process (jobs > 1): the parent said the warnings
         torch.set_num_threads(threads)
+        WARNINGS.silent = True
     result = run_experiment(RunConfig.from_dict(config), out_dir, progress=progress, label=label,
                             resume=resume)
     return result.summary()
