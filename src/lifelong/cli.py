@@ -58,7 +58,7 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
                             "benchmark.num_tasks=5 (repeatable)")
     group.add_argument("--config", help="a YAML file of run settings (e.g. a run's config.yaml); "
                                         "flags override it")
-    group.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmark.samples_per_task=5000 (repeatable)")
     stream.add_argument("--out", help="output folder (default: runs/stream-BENCHMARK-METHOD-sSEED)")
     stream.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
-    stream.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    stream.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
     demo = commands.add_parser("demo", help="naive, ewc, lwf, replay and agem on split-digits")
     demo.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")

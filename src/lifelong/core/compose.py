@@ -194,13 +194,12 @@ def method_settings(method: Method) -> dict[str, dict]:
 
 def unprotected_warnings(method: Method, scenario: str) -> list[str]:
     """One line per member known not to protect `scenario` (`Method.unprotected_scenarios`);
-    none when another member does (replay+spg in class-incremental learning)."""
+    none when a member keeps samples of earlier tasks (replay+spg), the remedy they name."""
     members = method.members if isinstance(method, Composite) else [method]
-    reasons = [(m.name, m.unprotected_scenarios.get(scenario)) for m in members]
-    if any(why is None for _, why in reasons):
+    if any(m.stores_data for m in members):
         return []
-    return [f"{name} does not protect {scenario}-incremental learning: {why}"
-            for name, why in reasons]
+    return [f"{m.name} does not protect {scenario}-incremental learning: {why}"
+            for m in members if (why := m.unprotected_scenarios.get(scenario))]
 
 
 def check_compatible(method: Method, scenario: str, *, task_boundaries: bool = True) -> None:
