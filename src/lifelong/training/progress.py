@@ -163,6 +163,8 @@ class Progress:
         """The task's line: its time, `facts` (`loss 0.4120`, `ACC so far 0.910`), the run's
         share done and ETA; kept above the bar on a terminal."""
         now = time.perf_counter()
+        if self._bar is not None:  # full until the next task's bar replaces it
+            self._bar.update(self._task, completed=self._total, eta="")
         self._finished_steps += self._total
         self._step = self._total = 0
         done = " · ".join((f"{self._header} done in {now - self._started:.1f} s", *facts))
