@@ -135,3 +135,14 @@ def test_stream_on_a_log_prints_plain_progress_lines_and_quiet_none(tmp_path, ca
     assert "online error" in done[0] and "run 100%" in done[-1]
     assert main([*args, "--quiet", "--out", str(tmp_path / "b")]) == 0
     assert "task" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_in_worker_processes_prints_one_line_per_finished_run(tmp_path, capsys) -> None:
+    args = ["compare", *FAST, "--methods", "naive,ewc", "--seeds", "0", "--jobs", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" done:")[0] for line in err] == ["run 1/2", "run 2/2"]
+    assert all("seed 0 · elapsed " in line and " · ETA " in line for line in err)
+    assert main([*args, "--quiet", "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().err == ""
