@@ -56,7 +56,7 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
                             "benchmark.num_tasks=5 (repeatable)")
     group.add_argument("--config", help="a YAML file of run settings (e.g. a run's config.yaml); "
                                         "flags override it")
-    group.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="methods, benchmarks and models")
     listing.add_argument("--verbose", "-v", action="store_true",
-                         help="also every method's hyper-parameters")
+                         help="also every setting of each method and benchmark (--set KEY=VALUE)")
 
     run = commands.add_parser("run", help="train and evaluate one method on one benchmark")
     run.add_argument("--method", "-m", help="method, or methods joined by '+' (replay+ewc)")
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmark.samples_per_task=5000 (repeatable)")
     stream.add_argument("--out", help="output folder (default: runs/stream-BENCHMARK-METHOD-sSEED)")
     stream.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
-    stream.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    stream.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
     demo = commands.add_parser("demo", help="naive, ewc, lwf, replay and agem on split-digits")
     demo.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -206,46 +206,9 @@ def _console():
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from rich.table import Table
+    from .catalog import print_catalog
 
-    from .core.registry import get_method_class, list_aliases, list_methods
-    from .models import HF_MODELS, MODELS
-    from .scenarios import BENCHMARKS
-
-    def table(title: str, key: str, rows: dict[str, tuple[str, ...]], *extra: str) -> Table:
-        result = Table(title=title)
-        result.add_column(key, style="bold")
-        for column in ("description", *extra):
-            result.add_column(column)
-        for name, cells in rows.items():
-            result.add_row(name, *cells)
-        return result
-
-    from .scenarios import list_stream_benchmarks
-
-    console = _console()
-    methods = {n: (d,) for n, d in list_methods().items()}
-    methods.update({n: (f"= {spec}",) for n, spec in list_aliases().items()})
-    console.print(table("methods (combine with '+', e.g. replay+ewc)", "method",
-                        dict(sorted(methods.items()))))
-    console.print(table("benchmarks", "benchmark",
-                        {n: (BENCHMARKS[n].description, BENCHMARKS[n].default_scenario)
-                         for n in sorted(BENCHMARKS)}, "default scenario"))
-    console.print(table("streaming benchmarks (lifelong stream)", "benchmark",
-                        {n: (d,) for n, d in list_stream_benchmarks().items()}))
-    console.print("models: " + "; ".join(f"[bold]{k}[/]: {v}" for k, v in MODELS.items())
-                  + f"; {HF_MODELS}")
-    if args.verbose:
-        for name in list_methods():
-            rows = get_method_class(name).Config.describe()
-            if not rows:
-                continue
-            table = Table(title=f"{name} settings (--set {name}.KEY=VALUE)")
-            for column in ("key", "type", "default", "help"):
-                table.add_column(column)
-            for key, type_name, default, help_text in rows:
-                table.add_row(key, type_name, repr(default), help_text)
-            console.print(table)
+    print_catalog(_console(), verbose=args.verbose)
     return 0
 
 

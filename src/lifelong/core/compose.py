@@ -192,6 +192,16 @@ def method_settings(method: Method) -> dict[str, dict]:
     return {m.name: m.config.to_dict() for m in members if m.config.to_dict()}
 
 
+def unprotected_warnings(method: Method, scenario: str) -> list[str]:
+    """One line per member known not to protect `scenario` (`Method.unprotected_scenarios`);
+    none when a member keeps samples of earlier tasks (replay+spg), the remedy they name."""
+    members = method.members if isinstance(method, Composite) else [method]
+    if any(m.stores_data for m in members):
+        return []
+    return [f"{m.name} does not protect {scenario}-incremental learning: {why}"
+            for m in members if (why := m.unprotected_scenarios.get(scenario))]
+
+
 def check_compatible(method: Method, scenario: str, *, task_boundaries: bool = True) -> None:
     """Refuse, with the reason, a method that cannot run in this scenario."""
     members = method.members if isinstance(method, Composite) else [method]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..training.progress import GridProgress
 from ..training.rundir import atomic_write_bytes
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
@@ -67,17 +68,16 @@ def run_on_ray(to_run: list[tuple[tuple[str, int], dict[str, Any]]],
             pending[remote.options(num_cpus=1, num_gpus=gpus).remote(config)] = key
         summaries: dict[tuple[str, int], dict[str, Any]] = {}
         waiting = list(pending)
-        while waiting:
-            finished, waiting = ray.wait(waiting, num_returns=1)
-            key = pending[finished[0]]
-            outcome = ray.get(finished[0])
-            folder = Path(directories[key])
-            for name, content in outcome["files"].items():
-                atomic_write_bytes(folder / name, content)
-            summaries[key] = outcome["summary"]
-            if progress:
-                print(f"done: {key[0]} seed {key[1]} ({len(summaries)}/{len(pending)})",
-                      flush=True)
+        with GridProgress(progress, len(pending)) as bar:
+            while waiting:
+                finished, waiting = ray.wait(waiting, num_returns=1)
+                key = pending[finished[0]]
+                outcome = ray.get(finished[0])
+                folder = Path(directories[key])
+                for name, content in outcome["files"].items():
+                    atomic_write_bytes(folder / name, content)
+                summaries[key] = outcome["summary"]
+                bar.advance(*key)
         return summaries
     finally:
         if started_here:

@@ -18,6 +18,9 @@ longer move, so its term would be a constant.
 The Fisher is that of the model as it is evaluated: eval mode, dropout off, BatchNorm on its
 running statistics, which the Fisher's passes leave unchanged. Under data parallelism it is the
 mean over the samples of every replica's shard (`lifelong.functional.per_sample`).
+
+Class-incremental learning: not protected, it forgets about as much as fine-tuning; a run there
+starts with a warning (`unprotected_scenarios`, `lifelong.core.method.WEIGHT_PENALTY_CLASS_IL`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method, carry_over, copy_of
+from ..core.method import OBJECTIVE, WEIGHT_PENALTY_CLASS_IL, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, diagonal_fisher, quadratic_value
 
@@ -59,6 +62,7 @@ class EWC(Method):
     description = "elastic weight consolidation: Fisher-weighted anchor to past weights"
     Config = EWCConfig
     needs_task_boundaries = True
+    unprotected_scenarios = {"class": WEIGHT_PENALTY_CLASS_IL.format(name="ewc")}
     gradient_stage = OBJECTIVE
     state_attrs = ("precision", "anchor", "weighted_anchor", "constant", "tasks_seen")
 

@@ -7,6 +7,9 @@
 
 The penalty's gradient λ(θ − θ*) is added at the optimizer step (two fused in-place kernels; see
 `lifelong.functional.quadratic`); `penalty_value()` gives its value.
+
+Class-incremental learning: not protected, it forgets about as much as fine-tuning; a run there
+starts with a warning (`unprotected_scenarios`, `lifelong.core.method.WEIGHT_PENALTY_CLASS_IL`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method, carry_over, copy_of
+from ..core.method import OBJECTIVE, WEIGHT_PENALTY_CLASS_IL, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, quadratic_value
 
@@ -37,6 +40,7 @@ class L2(Method):
     description = "L2 penalty to the previous task's weights (or to zero: weight decay)"
     Config = L2Config
     needs_task_boundaries = True  # with the default anchor, the previous task's weights
+    unprotected_scenarios = {"class": WEIGHT_PENALTY_CLASS_IL.format(name="l2")}
     gradient_stage = OBJECTIVE
     state_attrs = ("anchor", "active")
 

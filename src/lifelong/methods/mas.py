@@ -12,6 +12,9 @@ authors' code takes the absolute value of whole-batch gradients. Like EWC's Fish
 importance is that of the model as it is evaluated: eval mode, BatchNorm on its running
 statistics, which the importance passes leave unchanged. Under data parallelism it is the mean
 over the samples of every replica's shard (`lifelong.functional.per_sample`).
+
+Class-incremental learning: not protected, it forgets about as much as fine-tuning; a run there
+starts with a warning (`unprotected_scenarios`, `lifelong.core.method.WEIGHT_PENALTY_CLASS_IL`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method, carry_over, copy_of
+from ..core.method import OBJECTIVE, WEIGHT_PENALTY_CLASS_IL, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, quadratic_value
 from ..functional.per_sample import per_sample_gradient_mean
@@ -50,6 +53,7 @@ class MAS(Method):
     description = "memory aware synapses: importance from output sensitivity, label-free"
     Config = MASConfig
     needs_task_boundaries = True
+    unprotected_scenarios = {"class": WEIGHT_PENALTY_CLASS_IL.format(name="mas")}
     gradient_stage = OBJECTIVE
     state_attrs = ("importance", "anchor", "weighted_anchor")
 

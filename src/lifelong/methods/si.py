@@ -9,6 +9,9 @@ task's end the importance grows by Ω ← Ω + ω / (Δ² + ξ), Δ = θ_end −
 
 (the paper's form, without a ½). The penalty's gradient 2c·Ω∘(θ − θ*) is added at the optimizer
 step like EWC's; ξ = 0.1 by default, as in van de Ven et al.'s code.
+
+Class-incremental learning: not protected, it forgets about as much as fine-tuning; a run there
+starts with a warning (`unprotected_scenarios`, `lifelong.core.method.WEIGHT_PENALTY_CLASS_IL`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import Tensor
 
 from ..core.batch import Batch, BatchLike
 from ..core.config import Config, option
-from ..core.method import OBJECTIVE, Method, carry_over, copy_of
+from ..core.method import OBJECTIVE, WEIGHT_PENALTY_CLASS_IL, Method, carry_over, copy_of
 from ..core.registry import register_method
 from ..functional import add_quadratic_gradient_, gradients_of, quadratic_value
 
@@ -39,6 +42,7 @@ class SI(Method):
     description = "synaptic intelligence: importance from each weight's path integral of the loss"
     Config = SIConfig
     needs_task_boundaries = True
+    unprotected_scenarios = {"class": WEIGHT_PENALTY_CLASS_IL.format(name="si")}
     gradient_stage = OBJECTIVE
     state_attrs = ("omega", "importance", "anchor", "weighted_anchor", "start")
 

@@ -24,7 +24,8 @@ protects and step masking is the variant that does (the paper trains with SGD).
 Scenarios: made for task-incremental learning with one head per task. In domain- and
 class-incremental learning the output layer is shared; its rows are scaled like a head, which
 cannot stop the new task's cross-entropy from pushing the old classes' logits down, so in
-class-incremental learning SPG alone forgets about as much as fine-tuning (pair it with replay).
+class-incremental learning SPG alone forgets about as much as fine-tuning (pair it with replay);
+a run there starts with a warning that says so (`unprotected_scenarios`).
 
 Data parallelism: each replica sums the gradients over its own shard's batches and the sums are
 added up over the replicas before the z-score, so every replica gets the same importance.
@@ -69,6 +70,10 @@ class SPG(Method):
     name = "spg"
     description = "parameter-level soft-masking: gradients scaled by 1 − importance"
     Config = SPGConfig
+    unprotected_scenarios = {"class": "its output layer is shared, and scaling its rows cannot "
+                             "stop a new task's loss from pushing the old classes' logits down, "
+                             "so it forgets about as much as fine-tuning (pair it with replay, "
+                             "e.g. replay+spg)"}
     needs_task_boundaries = True
     gradient_stage = TRANSFORM
     state_attrs = ("importance",)

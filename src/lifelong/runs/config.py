@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from torch import nn
 
-from ..core.compose import check_compatible, parse_method_spec
+from ..core.compose import check_compatible, parse_method_spec, unprotected_warnings
 from ..core.config import Config, option
 from ..core.method import Method
 from ..errors import ConfigError
@@ -76,8 +76,9 @@ class RunSettings(Config):
         """A copy with every default filled in from the benchmark's protocol."""
         raise NotImplementedError
 
-    def check_method(self, method: Method) -> None:
-        """Refuse, with the reason, a method that cannot run on this schedule."""
+    def check_method(self, method: Method) -> list[str]:
+        """Refuse, with the reason, a method that cannot run on this schedule; return the
+        warnings for one that runs but is known not to protect it."""
         raise NotImplementedError
 
     def build_data(self) -> Scenario | Stream:
@@ -153,8 +154,9 @@ class RunConfig(RunSettings):
             method_params={n: p for n, p in params.items() if p},
         )
 
-    def check_method(self, method: Method) -> None:
+    def check_method(self, method: Method) -> list[str]:
         check_compatible(method, self.scenario)
+        return unprotected_warnings(method, self.scenario)
 
     def build_data(self) -> Scenario:
         return get_benchmark(self.benchmark).build(
@@ -194,11 +196,12 @@ class StreamConfig(RunSettings):
             bin_size=self.bin_size or protocol.bin_size or options.to_dict()["samples_per_task"],
         )
 
-    def check_method(self, method: Method) -> None:
+    def check_method(self, method: Method) -> list[str]:
         # a stream reads one shared output without task ids: domain-incremental
         check_compatible(method, "domain", task_boundaries=self.boundaries)
         check_trains_on_given_data(method, "a stream", "run it with `lifelong run` on a task "
                                    "benchmark")
+        return unprotected_warnings(method, "domain")
 
     def build_data(self) -> Stream:
         return get_stream_benchmark(self.benchmark).build(

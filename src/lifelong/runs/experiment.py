@@ -206,6 +206,9 @@ class _TaskRun:
                 s.model, probe, lr=cfg.lr, readout=s.readout)})
             self.log(event="diagnostics", **done.diagnostics[-1])
         done.task_seconds.append(time.perf_counter() - task_started)
+        seen = done.accuracy_matrix[-1][:task.id + 1]
+        bar.end_task(*(f"loss {loss:.4f}" for loss in stats.epoch_losses[-1:]),
+                     f"ACC so far {sum(seen) / len(seen):.3f}")
         self.log(event="task_end", task=task.id, steps=stats.steps, train_seconds=stats.seconds,
                  seconds=done.task_seconds[-1], epoch_losses=stats.epoch_losses)
         if self.run_dir and self.checkpoint:

@@ -21,11 +21,12 @@ from ..core.registry import get_method_class, list_methods
 from ..errors import ConfigError
 from ..metrics import seed_stats
 from ..training.checkpoint import CHECKPOINT
+from ..training.progress import GridProgress
 from ..training.rundir import check_out_dir, write_json
 from .config import RunConfig, config_differences
 from .experiment import run_experiment
 from .settings import RUN_FLAGS, route_settings
-from .setup import prepare
+from .setup import WARNINGS, prepare
 
 SUMMARY_KEYS = ("acc", "bwt", "fwt", "forgetting", "seconds")
 
@@ -34,8 +35,9 @@ def _run_one(config: dict[str, Any], out_dir: str, threads: int | None,
              progress: bool, label: str, resume: bool = False) -> dict[str, Any]:
     """One run (in a worker process when jobs > 1); returns its summary. `resume`: continue
     from the checkpoint in `out_dir`."""
-    if threads:
+    if threads:  # a worker process (jobs > 1): the parent said the warnings
         torch.set_num_threads(threads)
+        WARNINGS.silent = True
     result = run_experiment(RunConfig.from_dict(config), out_dir, progress=progress, label=label,
                             resume=resume)
     return result.summary()
@@ -191,7 +193,7 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
         with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             pending = {pool.submit(_run_one, config, directories[key], threads, False, "",
                                    continued[key]): key for key, config in to_run}
-            with _GridProgress(progress, len(pending)) as bar:
+            with GridProgress(progress, len(pending)) as bar:
                 for done in futures.as_completed(pending):
                     summaries[pending[done]] = done.result()
                     bar.advance(*pending[done])
@@ -224,35 +226,6 @@ def summarize_grid(plan: Sequence[tuple[Variant, int, dict[str, Any]]],
                  for v, s, _ in plan],
         "lifelong_version": __version__,
     }
-
-
-class _GridProgress:
-    def __init__(self, enabled: bool, total: int) -> None:
-        import sys
-
-        self.enabled = enabled and sys.stderr.isatty()
-        self.total = total
-        self._bar = None
-
-    def __enter__(self) -> _GridProgress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-            self._bar = Progress("runs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 "{task.description}", console=Console(stderr=True),
-                                 transient=True)
-            self._bar.__enter__()
-            self._task = self._bar.add_task("", total=self.total)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-    def advance(self, method: str, seed: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=f"done: {method} seed {seed}")
 
 
 # --- the demo ------------------------------------------------------------------------------

@@ -94,12 +94,33 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB else
 
 
+class Warnings:
+    """One line `warning: ...` on stderr, each said once per process (a grid prepares every
+    run of its plan, `lifelong run` its one run twice); `silent` in a grid's worker processes,
+    whose parent has said them."""
+
+    def __init__(self) -> None:
+        self.said: set[str] = set()
+        self.silent = False
+
+    def say(self, line: str) -> None:
+        if line not in self.said and not self.silent:
+            self.said.add(line)
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+WARNINGS = Warnings()
+
+
 def prepare(config: S) -> tuple[S, Method]:
-    """Resolve defaults and build the method: every configuration error surfaces here."""
+    """Resolve defaults and build the method: every configuration error surfaces here, and the
+    warnings (a method known not to protect the scenario) are said."""
     cfg = config.resolved()
     method = build_method(cfg.method, cfg.method_params)
-    cfg.check_method(method)
+    warnings = cfg.check_method(method)
     resolve_device(cfg.device)
+    for line in warnings:
+        WARNINGS.say(line)
     return cfg.replace(method_params=method_settings(method)), method
 
 

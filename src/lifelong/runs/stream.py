@@ -16,7 +16,7 @@ import torch
 from .._version import __version__
 from ..errors import ConfigError
 from ..metrics.diagnostics import diagnose
-from ..training.online import StreamBin, train_stream
+from ..training.online import StreamBin, stream_schedule, train_stream
 from ..training.progress import Progress
 from .config import StreamConfig
 from .setup import open_run_dir, peak_memory_mb, prepare, set_up
@@ -99,7 +99,8 @@ def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
 
     started = time.perf_counter()
     try:
-        with Progress(progress, label=label, num_tasks=stream.num_tasks) as bar:
+        tasks, steps = stream_schedule(stream, cfg.batch_size, cfg.steps)
+        with Progress(progress, label=label, num_tasks=tasks, total_steps=steps) as bar:
             stats = train_stream(
                 model, setup.optimizer, method, stream, batch_size=cfg.batch_size,
                 bin_size=cfg.bin_size, max_samples=cfg.steps, boundaries=cfg.boundaries,

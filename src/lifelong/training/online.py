@@ -93,6 +93,16 @@ class _Accumulator:
         return total, count, loss
 
 
+def stream_schedule(stream: Stream, batch_size: int, max_samples: int | None = None
+                    ) -> tuple[int, int]:
+    """(tasks, steps) that `train_stream` runs: each task's segment is cut into batches of its
+    own, and `max_samples` ends the stream early."""
+    total = min(stream.total_samples, max_samples or stream.total_samples)
+    full, rest = divmod(total, stream.samples_per_task)
+    steps = full * -(-stream.samples_per_task // batch_size) + -(-rest // batch_size)
+    return full + (rest > 0), steps
+
+
 def train_stream(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -176,6 +186,9 @@ def train_stream(
         task_values.append(task_score[0] / task_score[1])
         if on_task_end is not None:
             on_task_end(task, task_values[-1])
+        if progress is not None:
+            metric = "error" if stream.regression else "accuracy"
+            progress.end_task(f"online {metric} {task_values[-1]:.4f}")
         if boundaries:
             end_task(method, task, segment)
     if device.type == "cuda":
