@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     keep.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     sweep.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     keep.add_argument("--resume", action="store_true",
-                         help="keep finished runs in --out whose configuration is the same and "
-                              "continue unfinished ones from their checkpoints")
+                      help="keep finished runs in --out whose configuration is the same and "
+                           "continue unfinished ones from their checkpoints (others: refused)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="values of a setting to sweep (repeatable): lr=0.01,0.1, "
                             "ewc.lambda=1e2,1e4, benchmark.num_tasks=5,10; separate values "
