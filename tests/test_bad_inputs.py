@@ -51,6 +51,11 @@ def _file(path: Path, content: str | bytes = "") -> Path:
     return path
 
 
+def _dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _unwritable(tmp: Path) -> Path:
     """A folder path this process cannot create (root ignores permission bits, not /sys)."""
     if os.geteuid() == 0:
@@ -282,8 +287,8 @@ CASES = [
     Bad("arrays-pickled-objects", lambda tmp: ["run", *FAST, "-b", "arrays:" + str(_npz(
         tmp, x_train=np.array([object()] * 4), y_train=np.zeros(4))), "--out",
         str(tmp / "out")], "Object arrays cannot be loaded"),
-    Bad("images-empty-folder", lambda tmp: ["run", *FAST, "-b", f"folder:{tmp}", "--out",
-                                            str(tmp / "out")], "has no class subfolders"),
+    Bad("images-empty-folder", lambda tmp: ["run", *FAST, "-b", f"folder:{_dir(tmp / 'photos')}",
+                                            "--out", str(tmp / "out")], "has no class subfolders"),
     Bad("data-dir-a-file", lambda tmp: ["run", *FAST, "-b", "split-mnist", "--data-dir",
                                         str(_file(tmp / "file"))], "MNIST file"),
     Bad("data-dir-corrupt-mnist",

@@ -12,6 +12,7 @@ import yaml
 
 from lifelong.cli import main
 from lifelong.core import list_methods
+from lifelong.errors import ConfigError
 from lifelong.scenarios import list_benchmarks
 
 FAST = ["-b", "split-digits", "--epochs", "1", "--hidden", "16", "--quiet"]
@@ -134,7 +135,12 @@ def test_compare_resume_keeps_finished_runs_with_the_same_configuration(tmp_path
     again = grid.run_grid(settings, ["naive"], [0], [], tmp_path, progress=False,
                              resume=True)
     assert calls == [] and again["runs"][0]["acc"] == first["runs"][0]["acc"]
+    with pytest.raises(ConfigError, match=r"naive/seed0 holds a run with other settings "
+                       r"\(epochs\); replace it with --overwrite"):
+        grid.run_grid({**settings, "epochs": 2}, ["naive"], [0], [], tmp_path,
+                      progress=False, resume=True)  # never replaced silently
+    assert calls == []
     changed = grid.run_grid({**settings, "epochs": 2}, ["naive"], [0], [], tmp_path,
-                               progress=False, resume=True)
-    assert len(calls) == 1  # another configuration: run again
+                               progress=False, resume=True, overwrite=True)
+    assert len(calls) == 1  # another configuration, --overwrite: run again
     assert changed["runs"][0]["acc"] != first["runs"][0]["acc"]

@@ -159,4 +159,6 @@ def test_default_run_folder_of_user_data_is_a_plain_name(tmp_path, monkeypatch) 
     monkeypatch.chdir(tmp_path)
     assert main(["run", "-b", f"arrays:{tmp_path / 'mine.npz'}", "--iterations", "2",
                  "--quiet", "--no-report", "--device", "cpu"]) == 0
-    assert (tmp_path / "runs" / "arrays-mine.npz-task-naive-s0" / "summary.json").is_file()
+    # the folder also names the settings not left to defaults (iterations)
+    assert (tmp_path / "runs" / "arrays-mine.npz-task-naive-iterations=2-s0" / "summary.json"
+            ).is_file()

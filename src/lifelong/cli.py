@@ -15,6 +15,8 @@ from typing import Any, NoReturn
 from .errors import ConfigError, LifelongError
 
 NO_REPORT_HELP = "do not write report.html (figures and tables) into the output folder"
+OVERWRITE_HELP = "replace the run(s) already in --out (default: refuse)"
+OUT_HELP = "output folder (default: runs/{}-SETTINGS-sSEED, with the settings not left to defaults)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train and evaluate one method on one benchmark")
     run.add_argument("--method", "-m", help="method, or methods joined by '+' (replay+ewc)")
     run.add_argument("--seed", type=int)
-    run.add_argument("--out", help="output folder (default: runs/BENCHMARK-SCENARIO-METHOD-sSEED)")
+    run.add_argument("--out", help=OUT_HELP.format("BENCHMARK-SCENARIO-METHOD"))
+    run.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     run.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
     run.add_argument("--resume", metavar="DIR",
                      help="continue the run in DIR from its last checkpoint (written after every "
@@ -97,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         grid.add_argument("--out", required=True, help="output folder")
         grid.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
         _add_training_flags(grid)
-    compare.add_argument("--resume", action="store_true",
-                         help="keep finished runs in --out whose configuration is the same and "
-                              "continue unfinished ones from their checkpoints")
+    keep = compare.add_mutually_exclusive_group()  # --resume keeps the runs, --overwrite not
+    keep.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    sweep.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    keep.add_argument("--resume", action="store_true",
+                      help="keep finished runs in --out whose configuration is the same and "
+                           "continue unfinished ones from their checkpoints (others: refused)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="values of a setting to sweep (repeatable): lr=0.01,0.1, "
                             "ewc.lambda=1e2,1e4, benchmark.num_tasks=5,10; separate values "
@@ -135,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--set", dest="settings", action="append", default=[],
                         metavar="KEY=VALUE", help="cbp.replacement_rate=1e-4, "
                         "benchmark.samples_per_task=5000 (repeatable)")
-    stream.add_argument("--out", help="output folder (default: runs/stream-BENCHMARK-METHOD-sSEED)")
+    stream.add_argument("--out", help=OUT_HELP.format("stream-BENCHMARK-METHOD"))
+    stream.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     stream.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
     stream.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
@@ -215,6 +222,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runs.config import RunConfig
     from .runs.experiment import run_experiment
+    from .runs.folders import claim_new_run, default_run_folder
     from .runs.settings import route_settings
     from .runs.setup import prepare
 
@@ -224,15 +232,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = route_settings(args.settings, settings.get("method", "naive"), settings)
     config = RunConfig.from_dict(settings)
     resolved, _ = prepare(config)
-    kind, colon, path = resolved.benchmark.partition(":")  # folder:/data/photos -> folder-photos
-    name = f"{kind}-{Path(path.rstrip('/')).name}" if colon else kind
-    benchmark = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    out = args.out or (f"runs/{benchmark}-{resolved.scenario}-"
-                       f"{resolved.method}-s{resolved.seed}")
-    console = _console()
-    console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
-                  f"({resolved.scenario}-incremental), seed {resolved.seed} -> {out}")
-    _show_run(args, run_experiment(config, out, progress=not args.quiet), out)
+    out = args.out or default_run_folder(resolved)
+    with claim_new_run(out, overwrite=args.overwrite):
+        _console().print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
+                         f"({resolved.scenario}-incremental), seed {resolved.seed} -> {out}")
+        _show_run(args, run_experiment(config, out, progress=not args.quiet), out)
     return 0
 
 
@@ -251,7 +255,7 @@ def _resume_run(args: argparse.Namespace) -> int:
     from .runs.experiment import resume_experiment
 
     given = sorted(base_settings(args)) + (["--set"] if args.settings else []) + (
-        ["--out"] if args.out else [])
+        ["--out"] if args.out else []) + (["--overwrite"] if args.overwrite else [])
     if given:
         raise ConfigError(f"--resume takes the run's settings from DIR/config.yaml; do not add "
                           f"{', '.join(given)}")
@@ -280,7 +284,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     sweeping = args.command == "sweep"
     comparison = run_grid(settings, methods, seeds, args.settings, Path(args.out),
                           jobs=args.jobs, progress=not args.quiet,
-                          resume=sweeping or args.resume,
+                          resume=sweeping or args.resume, overwrite=args.overwrite,
                           grid=parse_grid(args.grid) if sweeping else None,
                           backend=args.backend, address=args.address)
     _console().print(comparison_table(comparison))
@@ -292,6 +296,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_stream(args: argparse.Namespace) -> int:
     from .report.tables import stream_table
     from .runs.config import StreamConfig
+    from .runs.folders import claim_new_run, default_stream_folder
     from .runs.settings import STREAM_FLAGS, route_settings
     from .runs.setup import prepare
     from .runs.stream import run_stream
@@ -303,16 +308,17 @@ def _cmd_stream(args: argparse.Namespace) -> int:
                               benchmark)
     config = StreamConfig.from_dict(settings)
     resolved, _ = prepare(config)
-    out = args.out or f"runs/stream-{resolved.benchmark}-{resolved.method}-s{resolved.seed}"
+    out = args.out or default_stream_folder(resolved)
     console = _console()
-    console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
-                  f"({resolved.tasks} tasks, batch {resolved.batch_size}, "
-                  f"{'boundaries announced' if resolved.boundaries else 'task-free'}), "
-                  f"seed {resolved.seed} -> {out}")
-    result = run_stream(config, out, progress=not args.quiet)
-    console.print(stream_table(result.summary()))
-    console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
-    _auto_report(args, out)
+    with claim_new_run(out, overwrite=args.overwrite, resumable=False):
+        console.print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
+                      f"({resolved.tasks} tasks, batch {resolved.batch_size}, "
+                      f"{'boundaries announced' if resolved.boundaries else 'task-free'}), "
+                      f"seed {resolved.seed} -> {out}")
+        result = run_stream(config, out, progress=not args.quiet)
+        console.print(stream_table(result.summary()))
+        console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
+        _auto_report(args, out)
     return 0
 
 

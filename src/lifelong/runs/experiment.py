@@ -24,6 +24,7 @@ from ..scenarios import Scenario, Task
 from ..training.checkpoint import CHECKPOINT, RunProgress, load_checkpoint, save_checkpoint
 from ..training.evaluate import evaluate, evaluate_tasks
 from ..training.lifecycle import fit_task
+from ..training.lock import claim_folder
 from ..training.progress import Progress
 from ..training.rundir import RunDir, read_yaml
 from .config import RunConfig, config_differences
@@ -91,11 +92,19 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
                    checkpoint: bool = True) -> RunResult:
     """Train `config.method` on every task of the benchmark in turn, evaluating all tasks after
     each; write config.yaml, metrics.jsonl, summary.json and, after every task, checkpoint.pt
-    (`checkpoint=False`: none) to `out_dir` when given.
+    (`checkpoint=False`: none) to `out_dir` when given, which this process holds meanwhile
+    (`lifelong.training.lock`: another process using it is refused).
 
     `resume=True` continues the run in `out_dir` from its last checkpoint (from the start when a
     kill came before the first one): the result equals an uninterrupted run's
     (`lifelong.training.checkpoint`)."""
+    with claim_folder(out_dir):
+        return _run_experiment(config, out_dir, progress=progress, label=label, resume=resume,
+                               checkpoint=checkpoint)
+
+
+def _run_experiment(config: RunConfig, out_dir: str | Path | None, *, progress: bool,
+                    label: str, resume: bool, checkpoint: bool) -> RunResult:
     cfg, method = prepare(config)
     if resume and out_dir is None:
         raise ConfigError("resuming needs the run's folder")

@@ -21,11 +21,14 @@ from ..core.registry import get_method_class, list_methods
 from ..errors import ConfigError
 from ..metrics import seed_stats
 from ..training.checkpoint import CHECKPOINT
+from ..training.lock import claim_folder
 from ..training.progress import GridProgress
 from ..training.rundir import check_out_dir, write_json
+from ..training.watchdog import watch_parent
 from .config import RunConfig, config_differences
 from .experiment import run_experiment
-from .settings import RUN_FLAGS, route_settings
+from .folders import prepare_grid_folder
+from .settings import RUN_FLAGS, check_method_keys, route_settings
 from .setup import WARNINGS, prepare
 
 SUMMARY_KEYS = ("acc", "bwt", "fwt", "forgetting", "seconds")
@@ -111,12 +114,15 @@ def plan_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[
     """Every (variant, seed, resolved config) of the grid, all validated before anything runs."""
     if len(set(methods)) != len(methods):
         raise ConfigError("--methods names a method twice")
+    check_method_keys([p.partition("=")[0].strip() for p in set_pairs], methods)
+    check_method_keys(list(grid or {}), methods, "--grid")
     plan = []
     for method in methods:
         for variant in _variants(method, grid or {}):
             flags = {k: v for k, v in variant.point if k in RUN_FLAGS}
             pairs = [*set_pairs, *(f"{k}={v}" for k, v in variant.point if k not in RUN_FLAGS)]
-            routed = route_settings(pairs, method, {**settings, **flags, "method": method})
+            routed = route_settings(pairs, method, {**settings, **flags, "method": method},
+                                    strict=False)
             for seed in seeds:
                 resolved, _ = prepare(RunConfig.from_dict({**routed, "seed": seed}))
                 plan.append((variant, seed, resolved.to_dict()))
@@ -154,7 +160,7 @@ def resumable(directory: str | Path, config: dict[str, Any]) -> bool:
 
 def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[int],
              set_pairs: Sequence[str], out: Path, *, jobs: int = 1,
-             progress: bool = True, resume: bool = False,
+             progress: bool = True, resume: bool = False, overwrite: bool = False,
              grid: dict[str, list[str]] | None = None, backend: str = "local",
              address: str | None = None) -> dict[str, Any]:
     """Run every method (with every point of `grid`, {setting: values}) with every seed into
@@ -164,13 +170,27 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     `backend`: `local` (processes on this machine, `jobs` at once) or `ray` (tasks on the Ray
     cluster at `address`, or a local Ray instance; `lifelong.integrations.sweep_ray`).
     `resume=True` keeps the finished runs whose folder holds the same configuration and continues
-    the unfinished ones from their checkpoints (local backend)."""
+    the unfinished ones from their checkpoints (local backend); a run folder of other settings is
+    refused then. Without `resume`, a folder that holds runs is refused; `overwrite=True` removes
+    the old runs first. `out` is held by this process (`lifelong.training.lock`) throughout."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend must be local or ray, got '{backend}'")
     plan = plan_grid(settings, methods, seeds, set_pairs, grid)
     check_out_dir(out)  # here, not in each worker: one line however many jobs
-    summaries: dict[tuple[str, int], dict[str, Any]] = {}
     directories = {(v.label, s): str(out / v.folder / f"seed{s}") for v, s, _ in plan}
+    with claim_folder(out):
+        prepare_grid_folder(out, [(directories[(v.label, s)], c) for v, s, c in plan],
+                            resume=resume, overwrite=overwrite)
+        return _run_plan(plan, directories, out, seeds, jobs=jobs, progress=progress,
+                         resume=resume, backend=backend, address=address)
+
+
+def _run_plan(plan: list[tuple[Variant, int, dict[str, Any]]],
+              directories: dict[tuple[str, int], str], out: Path, seeds: Sequence[int], *,
+              jobs: int, progress: bool, resume: bool, backend: str,
+              address: str | None) -> dict[str, Any]:
+    """The runs of `plan` not finished yet, then comparison.json (see `run_grid`)."""
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
     if resume:
         for variant, seed, config in plan:
             done = finished_summary(directories[(variant.label, seed)], config)
@@ -190,7 +210,9 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-        with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,  # die with us
+                                         initializer=watch_parent, initargs=(os.getpid(),)
+                                         ) as pool:
             pending = {pool.submit(_run_one, config, directories[key], threads, False, "",
                                    continued[key]): key for key, config in to_run}
             with GridProgress(progress, len(pending)) as bar:
@@ -246,7 +268,7 @@ def run_demo(out: Path, seeds: Sequence[int], jobs: int | None = None) -> dict[s
     for scenario in ("task", "domain", "class"):
         settings = {"benchmark": "split-digits", "scenario": scenario}
         comparisons[scenario] = run_grid(settings, DEMO_METHODS, seeds, [], out / scenario,
-                                         jobs=jobs)
+                                         jobs=jobs, overwrite=True)  # the demo is re-run as is
     console.print(demo_table(comparisons))
     console.print(f"runs, accuracy matrices and comparison.json under {out}/")
     return comparisons

@@ -23,12 +23,13 @@ STREAM_FLAGS = ("benchmark", "method", "seed", "tasks", "steps", "batch_size", "
 
 
 def route_settings(pairs: Sequence[str], method_spec: str, settings: dict[str, Any],
-                   benchmark: Any = None) -> dict[str, Any]:
+                   benchmark: Any = None, *, strict: bool = True) -> dict[str, Any]:
     """Apply `--set key=value` pairs to the method and benchmark settings of one run.
 
     `ewc.lambda=100` sets a method's key; `benchmark.num_tasks=5` a benchmark's; a bare key
-    (`lambda=100`) goes to the one method in the run that has it. Keys of methods that are not
-    part of this run are ignored (so `compare` can set ewc.lambda for the ewc runs only).
+    (`lambda=100`) goes to the one method in the run that has it. A key of a method that is not
+    part of this run is refused (`strict=False`: ignored, so that a grid can set ewc.lambda for
+    its ewc runs only, after `check_method_keys` has checked the grid as a whole).
     """
     names = parse_method_spec(method_spec)
     method_params = {k: dict(v) for k, v in settings.get("method_params", {}).items()}
@@ -48,6 +49,8 @@ def route_settings(pairs: Sequence[str], method_spec: str, settings: dict[str, A
             get_method_class(owner)  # unknown method name -> clear error
             if owner in names:  # the method's config refuses an unknown key, naming the keys
                 method_params.setdefault(owner, {})[field] = value
+            elif strict:
+                check_method_keys([key], [method_spec])  # raises
             continue
         holders = [n for n in names if field in get_method_class(n).Config.keys()]
         if len(holders) == 1:
@@ -63,3 +66,17 @@ def route_settings(pairs: Sequence[str], method_spec: str, settings: dict[str, A
             raise ConfigError(f"--set {field}: no such setting for method '{method_spec}' or "
                               f"benchmark {benchmark.name}; accepted: {', '.join(accepted)}")
     return {**settings, "method_params": method_params, "benchmark_params": benchmark_params}
+
+
+def check_method_keys(keys: Sequence[str], method_specs: Sequence[str],
+                      flag: str = "--set") -> None:
+    """Refuse a `method.key` setting (`keys` as --set or --grid name them) whose method is in
+    none of `method_specs`: it would change nothing, silently."""
+    names = [n for spec in method_specs for n in parse_method_spec(spec)]
+    for key in keys:
+        owner, dot, _ = key.rpartition(".")
+        if dot and owner != "benchmark" and owner not in names:
+            get_method_class(owner)  # unknown method name -> clear error
+            raise ConfigError(f"{flag} {key}: method {owner} is not in this run (methods: "
+                              f"{', '.join(dict.fromkeys(names))}); set keys of those "
+                              f"methods, or add {owner} to the run")

@@ -16,6 +16,7 @@ import torch
 from .._version import __version__
 from ..errors import ConfigError
 from ..metrics.diagnostics import diagnose
+from ..training.lock import claim_folder
 from ..training.online import StreamBin, stream_schedule, train_stream
 from ..training.progress import Progress
 from .config import StreamConfig
@@ -62,7 +63,14 @@ def _no_test_sets(model: torch.nn.Module) -> list[float]:
 
 def run_stream(config: StreamConfig, out_dir: str | Path | None = None, *,
                progress: bool = True, label: str = "") -> StreamResult:
-    """Train `config.method` online on the benchmark's stream; see the module docstring."""
+    """Train `config.method` online on the benchmark's stream; see the module docstring.
+    `out_dir` is held by this process meanwhile (`lifelong.training.lock`)."""
+    with claim_folder(out_dir):
+        return _run_stream(config, out_dir, progress=progress, label=label)
+
+
+def _run_stream(config: StreamConfig, out_dir: str | Path | None, *, progress: bool,
+                label: str) -> StreamResult:
     cfg, method = prepare(config)
     setup = set_up(cfg, method, out_dir)
     stream, model, device = setup.data, setup.model, setup.device
