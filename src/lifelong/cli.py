@@ -2,18 +2,23 @@
 
 Every user error (unknown name, value out of range, missing data file, bad combination) prints one
 line `error: ...` naming the problem and what is accepted, and exits with status 2.
+
+Exit status: 0 done; 2 a user error, refused before any training; 3 a run diverged (non-finite
+loss or weights; `error: diverged: ...` names the task, step and what was kept, summary.json says
+`"status": "diverged"`; `compare`/`sweep` finish the other runs first); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import ConfigError, LifelongError
+from .errors import ConfigError, DivergedError, LifelongError
 
+EXIT_DIVERGED = 3  # a run diverged (see the module docstring)
 NO_REPORT_HELP = "do not write report.html (figures and tables) into the output folder"
 OVERWRITE_HELP = "replace the run(s) already in --out (default: refuse)"
 OUT_HELP = "output folder (default: runs/{}-SETTINGS-sSEED, with the settings not left to defaults)"
@@ -168,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args) or 0
     except LifelongError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_DIVERGED if isinstance(error, DivergedError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -236,7 +241,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with claim_new_run(out, overwrite=args.overwrite):
         _console().print(f"[bold]{resolved.method}[/] on [bold]{resolved.benchmark}[/] "
                          f"({resolved.scenario}-incremental), seed {resolved.seed} -> {out}")
-        _show_run(args, run_experiment(config, out, progress=not args.quiet), out)
+        _show_run(args, _reporting(args, out, lambda: run_experiment(
+            config, out, progress=not args.quiet)), out)
     return 0
 
 
@@ -272,7 +278,7 @@ def _resume_run(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     """`compare` and `sweep` (which adds --grid and always skips finished runs)."""
     from .report.tables import comparison_table
-    from .runs.grid import parse_grid, run_grid
+    from .runs.grid import diverged_runs, parse_grid, run_grid
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -290,6 +296,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _console().print(comparison_table(comparison))
     print(f"wrote {args.out}/comparison.json and one folder per run")
     _auto_report(args, args.out)
+    diverged = diverged_runs(comparison, args.out)
+    if diverged:  # after everything is written: the other runs' results stand
+        print(f"error: {diverged}", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
 
 
@@ -315,7 +325,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
                       f"({resolved.tasks} tasks, batch {resolved.batch_size}, "
                       f"{'boundaries announced' if resolved.boundaries else 'task-free'}), "
                       f"seed {resolved.seed} -> {out}")
-        result = run_stream(config, out, progress=not args.quiet)
+        result = _reporting(args, out, lambda: run_stream(config, out,
+                                                          progress=not args.quiet))
         console.print(stream_table(result.summary()))
         console.print(f"wrote {out}/summary.json, config.yaml, metrics.jsonl")
         _auto_report(args, out)
@@ -334,6 +345,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     print(f"wrote {write_report(args.folder)}")
     return 0
+
+
+def _reporting(args: argparse.Namespace, out: str | Path, start: Callable[[], Any]) -> Any:
+    """`start()`'s result; a run that diverged still gets its report.html (a banner says so)."""
+    try:
+        return start()
+    except DivergedError:
+        _auto_report(args, out)
+        raise
 
 
 def _auto_report(args: argparse.Namespace, out: str | Path) -> None:

@@ -12,6 +12,7 @@ Field names that clash with Python keywords end in `_` (`lambda_`); their public
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,14 +32,17 @@ def option(
     low_open: bool = False,
     high_open: bool = False,
     choices: Sequence[Any] | None = None,
+    allow_inf: bool = False,
 ) -> Any:
     """Declare a config field with help text and an accepted range.
 
     `low`/`high` bound numbers (inclusive; `low_open=True` / `high_open=True` make a bound
     exclusive); `choices` restricts to a set of values (a `Literal[...]` type does the same).
+    A float is refused when it is NaN or infinite (training on it only yields NaN), unless
+    `allow_inf=True` declares ±inf a meaningful value (NaN never is).
     """
     metadata = {"help": help, "low": low, "high": high, "low_open": low_open,
-                "high_open": high_open, "choices": choices}
+                "high_open": high_open, "choices": choices, "allow_inf": allow_inf}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -228,6 +232,9 @@ def _check_bounds(owner: str, field: dataclasses.Field, value: Any) -> None:
     for item in values:
         if not isinstance(item, (int, float)) or isinstance(item, bool):
             continue
+        if isinstance(item, float) and not math.isfinite(item) and (
+                math.isnan(item) or not meta.get("allow_inf")):
+            raise ConfigError(f"{name}: {item!r} is not accepted; give a finite number")
         too_low = low is not None and (item <= low if meta.get("low_open") else item < low)
         too_high = high is not None and (item >= high if meta.get("high_open") else item > high)
         if too_low or too_high:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
 from ..training.progress import GridProgress
 from ..training.rundir import atomic_write_bytes
 
@@ -35,10 +35,13 @@ def _train_remotely(config: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="lifelong-ray-") as folder:
-        result = run_experiment(RunConfig.from_dict(config), folder, progress=False,
-                                checkpoint=False)
+        try:
+            summary = run_experiment(RunConfig.from_dict(config), folder, progress=False,
+                                     checkpoint=False).summary()
+        except DivergedError as error:  # its summary.json marks it; the sweep goes on
+            summary = error.summary or {"status": "diverged"}
         files = {name: (Path(folder) / name).read_bytes() for name in RUN_FILES}
-    return {"summary": result.summary(), "files": files}
+    return {"summary": summary, "files": files}
 
 
 def run_on_ray(to_run: list[tuple[tuple[str, int], dict[str, Any]]],

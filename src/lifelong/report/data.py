@@ -41,6 +41,11 @@ class Run:
     task_seconds: list[float]
 
     @property
+    def diverged(self) -> bool:
+        """Whether the run stopped on a non-finite loss or weights (its metrics are null)."""
+        return self.summary.get("status") == "diverged"
+
+    @property
     def accuracy_matrix(self) -> np.ndarray:
         return as_array(self.summary.get("accuracy_matrix") or [])
 

@@ -14,6 +14,7 @@ building blocks (formats, tables, the figures' embedding) in `lifelong.report.bl
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .data import ReportError, load_report
 from .sections import (
     accuracy_section,
     diagnostics_section,
+    divergence_section,
     header_section,
     metrics_section,
     settings_section,
@@ -43,6 +45,8 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 8px;padding-bot
  border-bottom:1px solid #dde1e8}h3{font-size:16px;margin:20px 0 6px}
 .meta{color:#586174;font-size:13.5px;margin:2px 0}
 .note{color:#586174;font-size:13px;margin:6px 0;max-width:1000px}
+.diverged{color:#8b1a1a;background:#fdecea;border:1px solid #f1b0aa;border-radius:4px;
+ padding:8px 12px;margin:12px 0}td.diverged{color:#b3261e;font-weight:600}
 .missing{color:#8a6d3b;background:#fcf8e3;border:1px solid #f0e2b6;border-radius:4px;
  padding:6px 10px;display:inline-block}
 table{border-collapse:collapse;margin:8px 0;font-size:14px}
@@ -63,13 +67,17 @@ def render_report(directory: str | Path) -> tuple[str, dict[str, bytes]]:
     report = load_report(directory)
     page = Page()
     header_section(page, report)
-    if report.kind == "stream":
+    divergence_section(page, report)
+    finished = dataclasses.replace(report, runs=[r for r in report.runs if not r.diverged])
+    if report.kind != "compare" and not finished.runs:
+        pass  # a diverged run: the banner, and its settings to re-run it
+    elif report.kind == "stream":
         stream_sections(page, report)
     else:
         metrics_section(page, report)
-        accuracy_section(page, report)
-        diagnostics_section(page, report)
-        timing_section(page, report)
+        accuracy_section(page, finished)
+        diagnostics_section(page, finished)
+        timing_section(page, finished)
     settings_section(page, report)
     title = re.sub(r"<[^>]+>", "", page.parts[0])  # the <h1>, already escaped
     text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -80,6 +80,27 @@ def header_section(page: Page, report: Report) -> None:
              f"{esc(made)}</p>")
 
 
+def divergence_section(page: Page, report: Report) -> None:
+    """A banner naming every run that diverged and why, in place of numbers made of NaN."""
+    diverged = [r for r in report.runs if r.diverged]
+    if not diverged:
+        return
+    if report.kind != "compare":
+        message = (diverged[0].summary.get("divergence") or {}).get("message", "diverged")
+        page.add(f'<p class="diverged"><strong>This run diverged</strong>: {esc(message)}. '
+                 "It has no results: no metrics and no figures are shown (they would be made "
+                 "of NaN).</p>")
+        return
+    items = "".join(
+        f"<li>{esc(r.method)} seed {r.seed}: "
+        f"{esc((r.summary.get('divergence') or {}).get('message', 'diverged'))}</li>"
+        for r in diverged)
+    page.add(f'<div class="diverged"><strong>{len(diverged)} of {len(report.runs)} runs '
+             f"diverged</strong> (a non-finite loss or weights); their methods show "
+             f"<em>diverged k/n</em> instead of a mean over the other seeds, and the figures "
+             f"show only the runs that finished.<ul>{items}</ul></div>")
+
+
 def metrics_section(page: Page, report: Report) -> None:
     page.add("<h2>Results</h2>")
     header = ["method", "seeds"] + [title for _, title, _, _ in METRICS] + \
@@ -91,9 +112,13 @@ def metrics_section(page: Page, report: Report) -> None:
         per_task = seed_stats([float(np.mean(r.task_seconds)) if r.task_seconds else None
                           for r in runs])
         memory = seed_stats([r.summary.get("peak_memory_mb") for r in runs])
-        count = max((s.get("count", 0) for s in metric_stats.values()), default=0)
+        count = max((s.get("count", 0) for s in metric_stats.values() if isinstance(s, dict)),
+                    default=0)
         row = [f"<td>{esc(method)}</td>", f"<td>{count}</td>"]
-        row += [cell(metric_stats.get(key), digits, key, method, method in best[key])
+        diverged = metric_stats.get("diverged")
+        row += [f'<td class="diverged" data-metric="{key}" data-method="{esc(method)}">'
+                f"diverged {diverged}/{len(runs)}</td>" if diverged and key != "seconds" else
+                cell(metric_stats.get(key), digits, key, method, method in best[key])
                 for key, _, digits, _ in METRICS]
         row += [cell(per_task, 2, "seconds_per_task", method), cell(memory, 0, "peak_mb", method)]
         rows.append(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 METRIC_COLUMNS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "forgetting"))
@@ -51,18 +52,30 @@ def _mean_std(stats: Mapping[str, Any] | None, digits: int = 3) -> str:
 
 
 def comparison_table(comparison: Mapping[str, Any], title: str | None = None) -> Table:
-    """One row per method: mean ± std over seeds of every metric, and time."""
+    """One row per method: mean ± std over seeds of every metric, and time. A method with a
+    diverged run shows `diverged k/n` instead of its metrics (never a mean of the others)."""
     scenario = comparison["scenario"]
     seeds = ",".join(map(str, comparison["seeds"]))
+    diverged = [r for r in comparison.get("runs", []) if r.get("status") == "diverged"]
+    caption = None
+    if diverged:
+        caption = (f"{len(diverged)} run{'s' if len(diverged) > 1 else ''} diverged: "
+                   + ", ".join(f"{r['method']} seed {r['seed']}" for r in diverged)
+                   + " (see their summary.json); a --resume keeps them as they are, delete "
+                     "their folders to run them again")
     table = Table(title=title or f"{comparison['benchmark']}, {scenario}-incremental, "
-                                 f"seeds {seeds} (mean ± std)")
+                                 f"seeds {seeds} (mean ± std)", caption=caption)
     table.add_column("method")
     for _, name in METRIC_COLUMNS:
         table.add_column(name, justify="right")
     table.add_column("seconds", justify="right")
     for method, stats in comparison["methods"].items():
-        table.add_row(method, *[_mean_std(stats.get(key)) for key, _ in METRIC_COLUMNS],
-                      _mean_std(stats.get("seconds"), 1))
+        if stats.get("diverged"):
+            cells = [f"[red]diverged {stats['diverged']}/{len(comparison['seeds'])}[/]"
+                     ] * len(METRIC_COLUMNS)
+        else:
+            cells = [_mean_std(stats.get(key)) for key, _ in METRIC_COLUMNS]
+        table.add_row(escape(method), *cells, _mean_std(stats.get("seconds"), 1))
     return table
 
 
@@ -95,7 +108,7 @@ def demo_table(comparisons: Mapping[str, Mapping[str, Any]]) -> Table:
         cells = []
         for comparison in comparisons.values():
             stats = comparison["methods"][method]
-            cells += [f"{stats['acc']['mean']:.2f}", _forgetting_cell(stats["forgetting"])]
+            cells += [_fmt(stats["acc"]["mean"], 2), _forgetting_cell(stats["forgetting"])]
         table.add_row(method, *cells)
     return table
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
 from ..metrics import summarize
 from ..metrics.diagnostics import diagnose
 from ..scenarios import Scenario, Task
@@ -29,6 +29,8 @@ from ..training.progress import Progress
 from ..training.rundir import RunDir, read_yaml
 from .config import RunConfig, config_differences
 from .setup import Setup, open_run_dir, peak_memory_mb, prepare, set_up
+
+METRIC_KEYS = ("acc", "bwt", "fwt", "forgetting")  # what `summarize` gives
 
 
 @dataclasses.dataclass
@@ -44,12 +46,15 @@ class RunResult:
     seconds: float
     peak_memory_mb: float
     device: str
+    status: str = "finished"  # or "diverged"
+    divergence: dict[str, Any] | None = None  # DivergedError.record() when it diverged
 
     def summary(self) -> dict[str, Any]:
         cfg = self.config
         return {
             "benchmark": cfg["benchmark"], "scenario": cfg["scenario"], "method": cfg["method"],
-            "seed": cfg["seed"], **self.metrics,
+            "seed": cfg["seed"], "status": self.status,
+            **({"divergence": self.divergence} if self.divergence else {}), **self.metrics,
             "accuracy_matrix": self.accuracy_matrix, "loss_matrix": self.loss_matrix,
             "baseline_accuracy": self.baseline_accuracy,
             "task_seconds": self.task_seconds, "method_reports": self.method_reports,
@@ -111,11 +116,15 @@ def _run_experiment(config: RunConfig, out_dir: str | Path | None, *, progress: 
     setup = set_up(cfg, method, out_dir)
     run = _TaskRun(setup, out_dir, resume=resume, checkpoint=checkpoint)
     scenario = setup.data
+    diverged: DivergedError | None = None
     try:
         run.measure_baseline()
         with Progress(progress, label=label, num_tasks=scenario.num_tasks) as bar:
             for task in scenario.tasks[run.done.next_task:]:
                 run.train_and_evaluate(task, bar)
+    except DivergedError as error:
+        diverged = error
+        run.log(event="diverged", **error.record())
     finally:
         method.detach()
         if run.run_dir:
@@ -124,12 +133,21 @@ def _run_experiment(config: RunConfig, out_dir: str | Path | None, *, progress: 
     result = RunResult(
         config=setup.config, accuracy_matrix=done.accuracy_matrix, loss_matrix=done.loss_matrix,
         baseline_accuracy=done.baseline,
-        metrics=summarize(done.accuracy_matrix, _fwt_baseline(done.baseline)),
+        # never numbers from a run that did not finish: a reader would take them for results
+        metrics=dict.fromkeys(METRIC_KEYS) if diverged else summarize(
+            done.accuracy_matrix, _fwt_baseline(done.baseline)),
         task_seconds=done.task_seconds, method_reports=done.method_reports,
         diagnostics=done.diagnostics, seconds=time.perf_counter() - run.started,
         peak_memory_mb=peak_memory_mb(setup.device), device=str(setup.device))
+    if diverged is not None:
+        diverged.note = run.divergence_note()
+        result.status, result.divergence = "diverged", {**diverged.record(),
+                                                        "message": str(diverged)}
+        diverged.summary = result.summary()
     if run.run_dir:
         run.run_dir.write_summary(result.summary())
+    if diverged is not None:
+        raise diverged
     return result
 
 
@@ -222,6 +240,20 @@ class _TaskRun:
                  seconds=done.task_seconds[-1], epoch_losses=stats.epoch_losses)
         if self.run_dir and self.checkpoint:
             self._save(self.run_dir, task.id)
+
+    def divergence_note(self) -> str:
+        """The end of a divergence's message: the learning rate, what was kept, where."""
+        lr = f" (lr {self.cfg.lr:g})" if self.cfg.lr is not None else ""
+        if self.run_dir is None:
+            return lr
+        folder, finished = self.run_dir.path, len(self.done.accuracy_matrix)
+        if finished and (folder / CHECKPOINT).is_file():
+            kept = f"the last good checkpoint (after task {finished - 1}) is kept in {folder}"
+        elif finished:
+            kept = f"{folder} holds no checkpoint (none was asked for)"
+        else:
+            kept = f"no task finished before it, so {folder} holds no checkpoint"
+        return f"{lr}; {kept}; summary.json marks the run diverged"
 
     def _accuracies(self, candidate: torch.nn.Module) -> list[float]:
         """The evaluator a method's report gets: `candidate`'s accuracy on every task."""

@@ -18,7 +18,7 @@ import torch
 from .._version import __version__
 from ..core.compose import parse_method_spec
 from ..core.registry import get_method_class, list_methods
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
 from ..metrics import seed_stats
 from ..training.checkpoint import CHECKPOINT
 from ..training.lock import claim_folder
@@ -41,8 +41,11 @@ def _run_one(config: dict[str, Any], out_dir: str, threads: int | None,
     if threads:  # a worker process (jobs > 1): the parent said the warnings
         torch.set_num_threads(threads)
         WARNINGS.silent = True
-    result = run_experiment(RunConfig.from_dict(config), out_dir, progress=progress, label=label,
-                            resume=resume)
+    try:
+        result = run_experiment(RunConfig.from_dict(config), out_dir, progress=progress,
+                                label=label, resume=resume)
+    except DivergedError as error:  # the grid goes on; its summary says "status": "diverged"
+        return error.summary or {"status": "diverged"}
     return result.summary()
 
 
@@ -234,7 +237,7 @@ def summarize_grid(plan: Sequence[tuple[Variant, int, dict[str, Any]]],
     methods: dict[str, Any] = {}
     for variant in variants:
         runs = [summaries[(variant.label, s)] for s in seeds]
-        methods[variant.label] = {key: seed_stats([r[key] for r in runs]) for key in SUMMARY_KEYS}
+        methods[variant.label] = _method_row(runs)
     return {
         "benchmark": first["benchmark"], "scenario": first["scenario"], "seeds": seeds,
         "methods": methods,
@@ -243,12 +246,36 @@ def summarize_grid(plan: Sequence[tuple[Variant, int, dict[str, Any]]],
         # folder: relative to comparison.json's folder; dir: as given when the grid ran
         "runs": [{"method": v.label, "seed": s, "folder": str(v.folder / f"seed{s}"),
                   "dir": directories[(v.label, s)],
-                  **{k: summaries[(v.label, s)][k] for k in SUMMARY_KEYS},
+                  "status": summaries[(v.label, s)].get("status", "finished"),
+                  **{k: summaries[(v.label, s)].get(k) for k in SUMMARY_KEYS},
                   "accuracy_matrix": summaries[(v.label, s)]["accuracy_matrix"]}
                  for v, s, _ in plan],
         "lifelong_version": __version__,
     }
 
+
+def diverged_runs(comparison: dict[str, Any], out: str | Path) -> str | None:
+    """`diverged: 1 of 4 runs (...)`, naming them and where to read why; None when none did."""
+    diverged = [r for r in comparison["runs"] if r.get("status") == "diverged"]
+    if not diverged:
+        return None
+    names = ", ".join(f"{r['method']} seed {r['seed']}" for r in diverged)
+    where = Path(out, diverged[0]["folder"], "summary.json")
+    return (f"diverged: {len(diverged)} of {len(comparison['runs'])} runs ({names}); the others "
+            f"finished; {where} says where and why")
+
+
+def _method_row(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each metric's seed statistics, and `diverged`: how many of the runs diverged. A metric's
+    mean and std are null when one did: a mean over the survivors alone would flatter the
+    method (each survivor's value stays in `values`; seconds are counted for every run)."""
+    diverged = sum(r.get("status") == "diverged" for r in runs)
+    row: dict[str, Any] = {}
+    for key in SUMMARY_KEYS:
+        row[key] = seed_stats([r.get(key) for r in runs])
+        if diverged and key != "seconds":
+            row[key].update(mean=None, std=None)
+    return {**row, "diverged": diverged}
 
 # --- the demo ------------------------------------------------------------------------------
 DEMO_METHODS = ("naive", "ewc", "lwf", "replay", "agem")

@@ -1,7 +1,9 @@
 """One streaming run end to end: `lifelong stream` calls `run_stream(StreamConfig(...))`.
 
 Writes config.yaml, metrics.jsonl (one line per bin, per task, per diagnosis) and summary.json to
-the output folder; every configuration error surfaces before the first step.
+the output folder; every configuration error surfaces before the first step. A stream that
+diverges (non-finite loss or weights) stops at that step: summary.json says `"status":
+"diverged"`, keeps the bins before it and has null online metrics; `DivergedError` is raised.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
 from ..metrics.diagnostics import diagnose
 from ..training.lock import claim_folder
-from ..training.online import StreamBin, stream_schedule, train_stream
+from ..training.online import StreamBin, StreamStats, stream_schedule, train_stream
 from ..training.progress import Progress
 from .config import StreamConfig
 from .setup import open_run_dir, peak_memory_mb, prepare, set_up
@@ -36,13 +38,17 @@ class StreamResult:
     train_seconds: float
     peak_memory_mb: float
     device: str
+    status: str = "finished"  # or "diverged" (then task_values is empty)
+    divergence: dict[str, Any] | None = None  # DivergedError.record() when it diverged
 
     def summary(self) -> dict[str, Any]:
         values = self.task_values
         tail = values[-max(1, len(values) // 10):]
         return {
             "benchmark": self.config["benchmark"], "method": self.config["method"],
-            "seed": self.config["seed"], "metric": self.metric,
+            "seed": self.config["seed"], "status": self.status,
+            **({"divergence": self.divergence} if self.divergence else {}),
+            "metric": self.metric,
             f"mean_online_{self.metric}": sum(values) / len(values) if values else None,
             f"first_task_{self.metric}": values[0] if values else None,
             f"last_10pct_tasks_{self.metric}": sum(tail) / len(tail) if tail else None,
@@ -106,6 +112,7 @@ def _run_stream(config: StreamConfig, out_dir: str | Path | None, *, progress: b
         diagnosis_seconds += time.perf_counter() - clock
 
     started = time.perf_counter()
+    diverged: DivergedError | None = None
     try:
         tasks, steps = stream_schedule(stream, cfg.batch_size, cfg.steps)
         with Progress(progress, label=label, num_tasks=tasks, total_steps=steps) as bar:
@@ -115,6 +122,13 @@ def _run_stream(config: StreamConfig, out_dir: str | Path | None, *, progress: b
                 device=device, on_bin=log_bin, on_task_end=log_task,
                 diagnose_every=cfg.diagnose_every,
                 on_diagnose=log_diagnosis if cfg.diagnostics else None, progress=bar)
+    except DivergedError as error:
+        diverged = error
+        if run_dir:
+            run_dir.log(event="diverged", **error.record())
+        # no online metric from a stream that stopped: the bins before it are kept
+        stats = StreamStats(bins, [], bins[-1]["end"] if bins else 0, error.step or 0,
+                            time.perf_counter() - started)
     finally:
         method.detach()
         if run_dir:
@@ -124,6 +138,14 @@ def _run_stream(config: StreamConfig, out_dir: str | Path | None, *, progress: b
         metric=metric, samples=stats.samples, steps=stats.steps,
         seconds=time.perf_counter() - started, train_seconds=stats.seconds - diagnosis_seconds,
         peak_memory_mb=peak_memory_mb(device), device=str(device))
+    if diverged is not None:
+        lr = f" (lr {cfg.lr:g})" if cfg.lr is not None else ""
+        diverged.note = lr + ("; summary.json marks the run diverged" if run_dir else "")
+        result.status = "diverged"
+        result.divergence = {**diverged.record(), "message": str(diverged)}
+        diverged.summary = result.summary()
     if run_dir:
         run_dir.write_summary(result.summary())
+    if diverged is not None:
+        raise diverged
     return result

@@ -23,7 +23,8 @@ from torch import nn
 from ..core.batch import Batch, BatchLike
 from ..core.method import Method
 from ..core.readout import Readout
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
+from .divergence import check_weights
 from .loop import TaskTrainingStats, count_steps, train_task
 from .progress import Progress
 
@@ -82,12 +83,19 @@ def fit_task(
     progress: Progress | None = None,
 ) -> TaskTrainingStats:
     """Train task `task` on `data` from begin to end (see the module docstring) with lifelong's
-    loop, `epochs` passes or `iterations` mini-batches drawn in the order of `generator`."""
+    loop, `epochs` passes or `iterations` mini-batches drawn in the order of `generator`.
+    A non-finite loss, or non-finite weights at the end of training, raise `DivergedError`
+    before `end_task`."""
     train_data = begin_task(method, task, data, readout=readout)
     if progress is not None:
         progress.start_task(task, count_steps(len(train_data), batch_size, epochs, iterations))
-    stats = train_task(model, optimizer, method, readout, train_data, batch_size=batch_size,
-                       epochs=epochs, iterations=iterations, generator=generator,
-                       progress=progress)
+    try:
+        stats = train_task(model, optimizer, method, readout, train_data,
+                           batch_size=batch_size, epochs=epochs, iterations=iterations,
+                           generator=generator, progress=progress)
+        check_weights(model, task=task)  # before the method consolidates them
+    except DivergedError as error:
+        error.task = task
+        raise
     end_task(method, task, data)
     return stats

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..core.batch import Batch
 from ..core.method import Method
 from ..core.readout import Readout
+from .divergence import LossWatch
 from .progress import Progress
 
 
@@ -77,7 +78,8 @@ def train_task(
     """Train on one task's data for `epochs` passes or `iterations` mini-batches.
 
     Each pass visits the samples in a new random order drawn from `generator` (on the CPU, so a
-    seed gives the same order on any device).
+    seed gives the same order on any device). A non-finite loss raises `DivergedError`
+    (`lifelong.training.divergence`: the exact step on the CPU, a window of steps on a GPU).
     """
     size = len(data)
     total_steps = count_steps(size, batch_size, epochs, iterations)
@@ -90,12 +92,13 @@ def train_task(
     started = time.perf_counter()
     epoch_losses: list[float] = []
     loss_sum = torch.zeros((), device=device)
+    watch = LossWatch(device, total_steps)
     order = torch.empty(0, dtype=torch.long)
     position, epoch, steps_in_epoch = size, 0, 0
     for step in range(total_steps):
         if position >= size:  # a new pass over the data
             if steps_in_epoch:
-                epoch_losses.append(float(loss_sum) / steps_in_epoch)
+                epoch_losses.append(_checked_mean(watch, step, loss_sum, steps_in_epoch))
                 loss_sum.zero_()
             order = torch.randperm(size, generator=generator).to(device)
             position, epoch, steps_in_epoch = 0, epoch + 1, 0
@@ -105,10 +108,18 @@ def train_task(
         _, loss = training_step(model, optimizer, batch, readout, prepare, penalty)
         loss_sum += loss.detach()
         steps_in_epoch += 1
+        watch.step(step + 1, loss, loss_sum)
         if progress is not None:
             progress.update(step + 1, epoch, epochs, loss_sum, steps_in_epoch)
     if steps_in_epoch:
-        epoch_losses.append(float(loss_sum) / steps_in_epoch)
+        epoch_losses.append(_checked_mean(watch, total_steps, loss_sum, steps_in_epoch))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return TaskTrainingStats(total_steps, time.perf_counter() - started, epoch_losses)
+
+
+def _checked_mean(watch: LossWatch, step: int, loss_sum: Tensor, steps: int) -> float:
+    """A pass's mean loss, read once, and checked finite up to `step`."""
+    total = float(loss_sum)
+    watch.check(step, total)
+    return total / steps

@@ -13,6 +13,8 @@ lifecycle (`lifelong.training.lifecycle`: before_task and training_data with the
 at its start, after_task with the segment at its end); by default the stream is task-free. The
 online score is the output of the very forward pass that the update uses, so it costs one argmax
 per step; it is gathered in tensors and read once per bin, so a step never waits on the device.
+A non-finite loss (each step's on the CPU, each bin's on a GPU) or non-finite weights (checked at
+each bin's end) raise `DivergedError` (`lifelong.training.divergence`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from ..core.batch import Batch
 from ..core.method import Method
 from ..scenarios.streams import Stream
+from .divergence import LossWatch, check_weights
 from .lifecycle import begin_task, end_task
 from .loop import training_step
 from .progress import Progress
@@ -139,13 +142,16 @@ def train_stream(
     bin_total, bin_count = 0.0, 0  # flushed scores of the open bin
     bin_losses: list[float] = []
     seen, steps, bin_start, next_bin, next_diagnosis = 0, 0, 0, bin_size, diagnose_every
+    bin_steps = 0  # steps at the end of the last bin (weights known finite)
     started = bin_clock = time.perf_counter()
     loss_is_error = prepare is None and penalty is None
+    watch = LossWatch(device, -(-total // batch_size))
 
     def flush(task_score: list[float]) -> None:
         nonlocal bin_total, bin_count
         score_sum, count, mean_loss = accumulator.values()
         if count:
+            watch.check(steps, mean_loss)  # off the CPU, the loss is only read here
             task_score[0] += float(score_sum)
             task_score[1] += count
             bin_total += float(score_sum)
@@ -162,15 +168,20 @@ def train_stream(
         if progress is not None:
             progress.start_task(task, -(-len(segment) // batch_size))
         task_score = [0.0, 0]  # sum of scores, samples
+        watch.task = task
         for i, (x, y) in enumerate(zip(segment.x.split(batch_size), segment.y.split(batch_size))):
             output, loss = training_step(model, optimizer, Batch(x, y), None, prepare, penalty)
             accumulator.add(output[:len(x)], y, loss, loss_is_error)
             seen += len(x)
             steps += 1
+            watch.step(steps, loss)
             if progress is not None and steps % 256 == 0:
                 progress.update(i + 1, 0, None, loss.detach(), 1)
             if seen >= next_bin or seen >= total:
                 flush(task_score)
+                check_weights(model, task=task, step=steps, first_step=bin_steps + 1,
+                              total_steps=watch.total_steps)
+                bin_steps = steps
                 now = time.perf_counter()
                 result = StreamBin(len(bins), bin_start, seen, task, bin_total / bin_count,
                                    sum(bin_losses) / len(bin_losses), now - bin_clock)
