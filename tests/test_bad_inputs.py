@@ -310,6 +310,36 @@ CASES = [
     Bad("stream-steps-zero", _stream("--steps", "0"), "stream.steps: 0 is out of range"),
     Bad("stream-set-unknown", _stream("--set", "cbp.nope=1", "-m", "cbp"), "unknown key 'nope'"),
 ]
+# added with items 1, 3 and 4 of the issue: non-finite settings, folders holding runs, keys
+# of methods not in the run
+CASES += [
+    Bad("lr-nan", _run("--lr", "nan"), "run.lr: nan is not accepted; give a finite number"),
+    Bad("lr-inf", _run("--lr", "inf"), "give a finite number"),
+    Bad("momentum-minus-inf", _run("--optimizer", "sgd", "--momentum=-inf"),
+        "give a finite number"),
+    Bad("set-lambda-nan", _run("-m", "ewc", "--set", "ewc.lambda=nan"), "give a finite number"),
+    Bad("set-lambda-inf", _run("-m", "ewc", "--set", "lambda=inf"), "give a finite number"),
+    Bad("config-lr-nan", _config("lr: .nan\n"), "give a finite number"),
+    Bad("compare-lr-inf", _compare("--lr", "inf"), "give a finite number"),
+    Bad("stream-lr-nan", _stream("--lr", "nan"), "give a finite number"),
+    Bad("set-method-not-in-run", _run("--set", "ewc.lambda=10"),
+        "method ewc is not in this run (methods: naive)"),
+    Bad("grid-method-not-in-grid", lambda tmp: ["sweep", *FAST, "--methods", "naive", "--out",
+                                                str(tmp / "out"), "--grid", "ewc.lambda=1,2"],
+        "method ewc is not in this run (methods: naive)"),
+    Bad("run-out-onto-finished-run", lambda tmp: ["run", *FAST, "--out", str(_finished(tmp))],
+        "holds a finished run"),
+    Bad("run-out-onto-unfinished-run", lambda tmp: ["run", *FAST, "--out", str(_run_folder(tmp))],
+        "continue it with --resume"),
+    Bad("stream-out-onto-run", lambda tmp: ["stream", "--steps", "20", "--quiet", "--no-report",
+                                            "--out", str(_finished(tmp))], "holds a finished run"),
+    Bad("compare-onto-comparison", lambda tmp: ["compare", *FAST, "--methods", "naive", "--out",
+                                                str(_file(tmp / "out" / "comparison.json",
+                                                          "{}").parent)], "holds runs"),
+    Bad("compare-resume-and-overwrite", _compare("--resume", "--overwrite"), "not allowed with"),
+    Bad("resume-and-overwrite", lambda tmp: ["run", "--resume", str(_run_folder(tmp)),
+                                             "--overwrite"], "do not add --overwrite"),
+]
 SUBPROCESS_IDS = ("compare-out-unwritable", "resume-checkpoint-malicious", "config-python-tag")
 
 

@@ -183,8 +183,11 @@ def test_run_refuses_a_folder_holding_a_run_before_writing_anything(
     (out / kind).write_text("an earlier run's file")
     assert main(["run", *FAST, "--out", str(out)]) == 2
     err = one_error_line(capsys)
-    assert f"{out} holds a run ({kind}); continue it with --resume {out}, replace it with " \
-           f"--overwrite" in err
+    if kind == "summary.json":  # finished: nothing to resume
+        assert f"{out} holds a finished run ({kind}); replace it with --overwrite" in err
+    else:
+        assert f"{out} holds an unfinished run ({kind}); continue it with --resume {out}, " \
+               f"replace it with --overwrite" in err
     assert snapshot(out) == {kind: b"an earlier run's file"}
 
 
@@ -211,8 +214,8 @@ def test_stream_refuses_a_folder_holding_a_run_unless_overwrite(
     before = snapshot(out)
     capsys.readouterr()
     assert main(["stream", *STREAM, "--out", str(out), "--seed", "1"]) == 2
-    assert f"{out} holds a run (config.yaml, summary.json, metrics.jsonl); replace it with " \
-           f"--overwrite" in one_error_line(capsys)
+    assert f"{out} holds a finished run (config.yaml, summary.json, metrics.jsonl); replace " \
+           f"it with --overwrite" in one_error_line(capsys)
     assert snapshot(out) == before
     assert main(["stream", *STREAM, "--out", str(out), "--seed", "1", "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["seed"] == 1
@@ -290,7 +293,7 @@ def test_default_run_folder_is_refused_like_any_other(
     assert (tmp_path / folder / "summary.json").is_file()
     capsys.readouterr()
     assert main(["run", *FAST, "-m", "ewc", "--set", "ewc.lambda=10"]) == 2
-    assert f"{folder} holds a run" in one_error_line(capsys)
+    assert f"{folder} holds a finished run" in one_error_line(capsys)
     assert main(["run", *FAST, "-m", "ewc", "--set", "ewc.lambda=20"]) == 0  # another folder
 
 

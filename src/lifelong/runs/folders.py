@@ -57,9 +57,11 @@ def check_new_run(folder: str | Path, *, overwrite: bool, resumable: bool = True
     if overwrite:
         remove_run(folder)
         return
-    resume = f"continue it with --resume {folder}, " if resumable else ""
-    raise ConfigError(f"{folder} holds a run ({', '.join(found)}); {resume}replace it with "
-                      f"--overwrite, or choose another --out")
+    finished = "summary.json" in found
+    resume = f"continue it with --resume {folder}, " if resumable and not finished else ""
+    raise ConfigError(f"{folder} holds {'a finished' if finished else 'an unfinished'} run "
+                      f"({', '.join(found)}); {resume}replace it with --overwrite, or choose "
+                      f"another --out")
 
 
 @contextlib.contextmanager
