@@ -167,6 +167,11 @@ def test_divergence_keeps_the_last_good_checkpoint_and_the_rows_before_it(
     events = [json.loads(line)["event"]
               for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert events.count("task_end") == 1 and events[-1] == "diverged"
+    # resuming would only repeat the divergence from the same checkpoint: refused, exit 3
+    assert main(["run", "--resume", str(out), "--quiet"]) == 3
+    err = _one_line(capsys.readouterr().err)
+    assert f"error: {out} diverged (see its summary.json); resuming would diverge again" in err
+    assert _summary(out)["status"] == "diverged" and len(saved) == 1
 
 
 # --- grids: a diverged run is marked, the others go on -----------------------------------------

@@ -268,11 +268,26 @@ def _resume_run(args: argparse.Namespace) -> int:
     out = Path(args.resume)
     console = _console()
     if (out / "summary.json").is_file():
+        if _summary_status(out) == "diverged":  # resuming would repeat the same divergence
+            print(f"error: {out} diverged (see its summary.json); resuming would diverge again "
+                  f"from the same checkpoint: start a new run with other settings",
+                  file=sys.stderr)
+            return EXIT_DIVERGED
         console.print(f"{out} is finished (summary.json); nothing to resume")
         return 0
     console.print(f"resuming {out}")
     _show_run(args, resume_experiment(out, progress=not args.quiet), out)
     return 0
+
+
+def _summary_status(folder: Path) -> str | None:
+    """The `status` a run's summary.json records (None: unreadable or from an older version)."""
+    import json
+
+    try:
+        return json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
