@@ -318,3 +318,19 @@ def test_loss_watch_reads_every_cpu_step_and_a_window_elsewhere(monkeypatch) -> 
     assert str(info.value) == "diverged: non-finite loss at task 0, a step in 31-40 of 100"
     assert info.value.record() == {"quantity": "loss", "task": 0, "step": 40,
                                    "first_step": 31, "total_steps": 100}
+
+
+def test_a_finite_but_exploded_loss_is_warned_about_once(tmp_path, capfd) -> None:
+    """Adam at lr 1e6 keeps the loss finite (up to ~7e21): not a divergence, but one warning line
+    naming the rise and a metrics.jsonl record; a sane run gets none."""
+    out = tmp_path / "adam"
+    assert main(["run", *FAST, "--optimizer", "adam", "--lr", "1e6", "--iterations", "30",
+                 "--no-report", "--out", str(out)]) == 0
+    warned = [line for line in capfd.readouterr().err.splitlines() if "may be diverging" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: the training loss rose from ")
+    assert "(lr 1e+06)" in warned[0]
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("warning") == 1
+    assert main(["run", *FAST, "--iterations", "30", "--no-report", "--out",
+                 str(tmp_path / "sane")]) == 0
+    assert "may be diverging" not in capfd.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,9 @@ def resume_experiment(out_dir: str | Path, *, progress: bool = True,
                           resume=True)
 
 
+EXPLODED = 1e4  # a pass's mean loss this many times the run's first step's: it may diverge
+
+
 class _TaskRun:
     """The steps of one task-by-task run; they share its set-up, its folder and `done`, the
     results so far (restored from the checkpoint when resuming)."""
@@ -174,6 +178,7 @@ class _TaskRun:
         self.checkpoint = checkpoint
         self.shuffle = torch.Generator().manual_seed(self.cfg.seed)  # mini-batch order
         self.done = RunProgress()
+        self.warned = False  # the exploding-loss warning was given
         if resume:
             self._restore(Path(out_dir))
         else:
@@ -217,6 +222,7 @@ class _TaskRun:
         stats = fit_task(s.model, s.optimizer, s.method, s.readout, task.id, data,
                          batch_size=cfg.batch_size, epochs=cfg.epochs,
                          iterations=cfg.iterations, generator=self.shuffle, progress=bar)
+        self._warn_if_exploding(task.id, stats.first_loss, stats.epoch_losses)
         scores = evaluate_tasks(s.model, s.readout, s.data, s.device, cfg.eval_batch_size,
                                 method=s.method)
         for other, (accuracy, loss) in zip(s.data.tasks, scores):
@@ -240,6 +246,26 @@ class _TaskRun:
                  seconds=done.task_seconds[-1], epoch_losses=stats.epoch_losses)
         if self.run_dir and self.checkpoint:
             self._save(self.run_dir, task.id)
+
+    def _warn_if_exploding(self, task: int, first_step_loss: float | None,
+                           epoch_losses: list[float]) -> None:
+        """A finite loss can still have exploded (Adam at lr 1e6 reaches 7e21): one warning line
+        (and a metrics.jsonl record) when a pass's mean loss is EXPLODED times the loss of the
+        run's first step, taken before any update."""
+        done = self.done
+        if done.first_loss is None:
+            done.first_loss = first_step_loss
+        first = done.first_loss
+        if first is None or first <= 0 or not epoch_losses:
+            return
+        worst = max(epoch_losses)
+        if worst > EXPLODED * first and not self.warned:
+            self.warned = True  # once per run: the later tasks' lines would say nothing new
+            lr = f" (lr {self.cfg.lr:g})" if self.cfg.lr is not None else ""
+            line = (f"the training loss rose from {first:.4g} (the run's first step) to "
+                    f"{worst:.4g} in task {task}{lr}: the run may be diverging")
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+            self.log(event="warning", task=task, message=line)
 
     def divergence_note(self) -> str:
         """The end of a divergence's message: the learning rate, what was kept, where."""

@@ -50,6 +50,7 @@ class RunProgress:
     diagnostics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0  # wall time of the run's earlier processes, up to the checkpoint
     metrics_bytes: int = 0  # length of metrics.jsonl at the checkpoint
+    first_loss: float | None = None  # the loss of the run's first step (before any update)
 
 
 def random_states() -> dict[str, Any]:

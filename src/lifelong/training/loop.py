@@ -30,6 +30,7 @@ class TaskTrainingStats:
     steps: int
     seconds: float
     epoch_losses: list[float]  # mean training loss of each epoch (or each pass over the data)
+    first_loss: float | None = None  # the loss of the task's first step, before any update
 
 
 Prepare = Callable[[Batch], Batch]
@@ -95,6 +96,7 @@ def train_task(
     watch = LossWatch(device, total_steps)
     order = torch.empty(0, dtype=torch.long)
     position, epoch, steps_in_epoch = size, 0, 0
+    first_loss: float | None = None
     for step in range(total_steps):
         if position >= size:  # a new pass over the data
             if steps_in_epoch:
@@ -109,13 +111,16 @@ def train_task(
         loss_sum += loss.detach()
         steps_in_epoch += 1
         watch.step(step + 1, loss, loss_sum)
+        if step == 0:
+            first_loss = float(loss.detach())  # one read per task: the reference of a rise
         if progress is not None:
             progress.update(step + 1, epoch, epochs, loss_sum, steps_in_epoch)
     if steps_in_epoch:
         epoch_losses.append(_checked_mean(watch, total_steps, loss_sum, steps_in_epoch))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return TaskTrainingStats(total_steps, time.perf_counter() - started, epoch_losses)
+    return TaskTrainingStats(total_steps, time.perf_counter() - started, epoch_losses,
+                             first_loss)
 
 
 def _checked_mean(watch: LossWatch, step: int, loss_sum: Tensor, steps: int) -> float:
