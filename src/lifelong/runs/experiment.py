@@ -122,6 +122,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, *,
         peak_memory_mb=peak_memory_mb(setup.device), device=str(setup.device))
     if run.run_dir:
         run.run_dir.write_summary(result.summary())
+        if not cfg.keep_checkpoint:  # finished and its results written: nothing to resume
+            (run.run_dir.path / CHECKPOINT).unlink(missing_ok=True)
     return result
 
 
@@ -156,7 +158,8 @@ class _TaskRun:
 
     def _restore(self, out: Path) -> None:
         """A resumed run must have the configuration its folder was started with (any version);
-        without a checkpoint (a kill before the first one) it starts again."""
+        without a checkpoint it starts again (a kill before the first one), unless it has
+        finished (summary.json; the checkpoint is dropped then): nothing is left to resume."""
         changed = config_differences(out, self.setup.config, ignore=("lifelong_version",))
         if changed is None:
             raise ConfigError(f"cannot resume {out}: it holds no config.yaml")
@@ -164,6 +167,9 @@ class _TaskRun:
             raise ConfigError(f"cannot resume {out}: its config.yaml differs from this run's in "
                               f"{', '.join(changed)}; start a new folder instead")
         if not (out / CHECKPOINT).is_file():
+            if (out / "summary.json").is_file():
+                raise ConfigError(f"cannot resume {out}: the run has finished (summary.json); "
+                                  "there is nothing to resume")
             self.run_dir = open_run_dir(self.setup, out)
             return
         s = self.setup
