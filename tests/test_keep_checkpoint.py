@@ -12,12 +12,16 @@ import yaml
 
 from lifelong.cli import main
 from lifelong.errors import ConfigError
-from lifelong.runs import grid
+from lifelong.runs import experiment, grid
 from lifelong.runs.config import RunConfig
 from lifelong.runs.experiment import resume_experiment, run_experiment
 from lifelong.training.checkpoint import CHECKPOINT
 
 FAST = {"benchmark": "split-digits", "iterations": 5, "hidden": [16], "device": "cpu"}
+class Killed(Exception):
+    """Stands in for a kill."""
+
+
 FLAGS = ["-b", "split-digits", "--iterations", "5", "--hidden", "16", "--quiet", "--no-report"]
 
 
@@ -33,6 +37,34 @@ def test_a_finished_run_drops_its_checkpoint_by_default_and_keeps_it_when_asked(
                    tmp_path / "keep", progress=False)
     assert (tmp_path / "keep" / "summary.json").is_file()
     assert (tmp_path / "keep" / CHECKPOINT).is_file()
+
+
+@pytest.mark.parametrize("keep, saved", [(False, 4), (True, 5)])
+def test_the_checkpoint_after_the_last_task_is_written_only_when_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool, saved: int) -> None:
+    calls = []
+    real = experiment.save_checkpoint
+    monkeypatch.setattr(experiment, "save_checkpoint",
+                        lambda *a, **k: calls.append(k["progress"].next_task) or real(*a, **k))
+    run_experiment(RunConfig.from_dict({**FAST, "method": "naive", "keep_checkpoint": keep}),
+                   tmp_path, progress=False)
+    assert calls == list(range(1, saved + 1))  # split-digits: 5 tasks
+
+
+def test_a_kill_after_the_last_task_but_before_the_summary_resumes_to_the_same_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = RunConfig.from_dict({**FAST, "method": "replay"})
+    whole = run_experiment(config, tmp_path / "whole", progress=False)
+    with monkeypatch.context() as patch:
+        def killed(self, summary):
+            raise Killed
+        patch.setattr(experiment.RunDir, "write_summary", killed)
+        with pytest.raises(Killed):
+            run_experiment(config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / CHECKPOINT).is_file()  # unfinished: the checkpoint is kept
+    resumed = resume_experiment(tmp_path / "run", progress=False)
+    assert resumed.accuracy_matrix == whole.accuracy_matrix
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
 
 
 def test_resuming_a_finished_run_without_checkpoint_is_refused_not_run_again(

@@ -215,7 +215,10 @@ class _TaskRun:
         done.task_seconds.append(time.perf_counter() - task_started)
         self.log(event="task_end", task=task.id, steps=stats.steps, train_seconds=stats.seconds,
                  seconds=done.task_seconds[-1], epoch_losses=stats.epoch_losses)
-        if self.run_dir and self.checkpoint:
+        # after the last task the run is finished but for its summary: a checkpoint that would
+        # be deleted a moment later is not written (a kill in between repeats the last task)
+        last = task.id == s.data.tasks[-1].id
+        if self.run_dir and self.checkpoint and (cfg.keep_checkpoint or not last):
             self._save(self.run_dir, task.id)
 
     def _accuracies(self, candidate: torch.nn.Module) -> list[float]:
