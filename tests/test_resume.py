@@ -95,8 +95,8 @@ def test_a_kill_before_the_first_checkpoint_restarts_from_scratch(
 
 
 def test_the_checkpoint_loads_without_pickled_code(tmp_path: Path) -> None:
-    run_experiment(RunConfig.from_dict({**FAST, "method": "replay", "iterations": 5}),
-                   tmp_path, progress=False)
+    run_experiment(RunConfig.from_dict({**FAST, "method": "replay", "iterations": 5,
+                                        "keep_checkpoint": True}), tmp_path, progress=False)
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)  # raises on any object
     assert state["progress"]["next_task"] == 5
     assert len(state["progress"]["accuracy_matrix"]) == 5

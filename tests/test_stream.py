@@ -71,7 +71,7 @@ def test_run_and_stream_share_their_settings_and_keep_their_config_keys(tmp_path
     assert len(shared) == 18
     assert set(RunConfig.keys()) - shared == {
         "scenario", "epochs", "iterations", "dropout", "width", "batch_norm", "head",
-        "mask_unseen", "eval_batch_size"}
+        "mask_unseen", "eval_batch_size", "keep_checkpoint"}
     assert set(StreamConfig.keys()) - shared == {
         "tasks", "steps", "bin_size", "boundaries", "diagnose_every"}
     setup = set_up(*prepare(StreamConfig(optimizer="adamw", tasks=2, device="cpu")))

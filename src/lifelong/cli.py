@@ -64,6 +64,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="a YAML file of run settings (e.g. a run's config.yaml); "
                                         "flags override it")
     group.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    group.add_argument("--keep-checkpoint", action="store_true", default=None,
+                       help="keep checkpoint.pt once a run has finished (default: deleted once "
+                            "its summary.json is written; kept while unfinished)")
 
 
 def build_parser() -> argparse.ArgumentParser:

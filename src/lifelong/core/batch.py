@@ -52,6 +52,15 @@ class Batch:
         return Batch(pick(self.x), pick(self.y), pick(self.task_ids),
                      {k: pick(v) for k, v in self.extras.items()})
 
+    def compact(self) -> Batch:
+        """This batch with tensors that own exactly their data: what a method keeps beyond a step
+        (a memory) must not be a view into a larger tensor (a slice of the whole class or task),
+        which would keep that tensor alive and be written whole by `torch.save`. Tensors that
+        already own theirs are not copied."""
+        own = lambda t: None if t is None else owning(t)  # noqa: E731
+        return Batch(own(self.x), own(self.y), own(self.task_ids),
+                     {k: own(v) for k, v in self.extras.items()}, self.stream_size)
+
     @property
     def is_regression(self) -> bool:
         """Floating-point targets: a regression batch (mean squared error), else class labels."""
@@ -107,6 +116,14 @@ class Batch:
             {k: torch.cat([first.extras[k], second.extras[k]]) for k in shared},
             first.num_new,
         )
+
+
+def owning(tensor: Tensor) -> Tensor:
+    """`tensor`, or a contiguous copy of it when it is a view of a larger (or strided) storage."""
+    exact = tensor.numel() * tensor.element_size()
+    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == exact:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
 
 
 def token_loss(logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:

@@ -42,7 +42,8 @@ class Joint(Method):
     def after_task(self, task: int, data: Any) -> None:
         if not isinstance(data, Batch):
             raise TypeError("joint needs the task's training data as one Batch")
-        self.seen = data if self.seen is None else Batch.cat(self.seen, data)
+        # compact: a task's data may be a view of a larger tensor (a subset of the dataset)
+        self.seen = data.compact() if self.seen is None else Batch.cat(self.seen, data)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "seen": None if self.seen is None else self.seen.state()}

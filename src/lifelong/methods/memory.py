@@ -43,7 +43,9 @@ class Memory:
         return self.data.select(index)
 
     def stored(self) -> Batch | None:
-        return None if self.data is None else self.data.select(slice(0, self.size))
+        """The stored rows, owning their data (a reservoir not yet full is a slice of its
+        preallocated rows, which a checkpoint would otherwise write whole)."""
+        return None if self.data is None else self.data.select(slice(0, self.size)).compact()
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.generator is not None and self.generator.device != device:
@@ -131,11 +133,13 @@ class ClassBalancedMemory(Memory):
         keys = data.y if data.task_ids is None else data.task_ids * (int(data.y.max()) + 1) + data.y
         order = torch.randperm(len(data), generator=self._generator(device), device=device)
         shuffled_keys = keys[order]
-        for key in torch.unique(shuffled_keys):
-            self.groups.append(data.select(order[shuffled_keys == key]))
+        new = [order[shuffled_keys == key] for key in torch.unique(shuffled_keys)]
         quota = self.per_class if self.per_class is not None else max(
-            1, self.capacity // len(self.groups))
-        self.groups = [group.select(slice(0, quota)) for group in self.groups]
+            1, self.capacity // (len(self.groups) + len(new)))
+        # each group owns exactly its rows: a slice would keep (and a checkpoint would write)
+        # the whole class it was cut from
+        self.groups = [group.select(slice(0, quota)).compact() for group in self.groups]
+        self.groups += [data.select(rows[:quota]) for rows in new]
         self.data = _concat(self.groups)
 
     def state_dict(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from ..training.lifecycle import check_trains_on_given_data
 from ..training.rundir import jsonable, read_yaml
 
 # settings that change no result: a run may be resumed, or a finished one kept, with others
-RESULT_NEUTRAL = ("log",)
+RESULT_NEUTRAL = ("log", "keep_checkpoint")
 
 
 @dataclasses.dataclass
@@ -131,6 +131,9 @@ class RunConfig(RunSettings):
         True, "class-incremental: mask classes not seen yet (van de Ven et al. 2022)")
     eval_batch_size: int | None = option(None, "batch size for evaluation (default: the "
                                          "benchmark's, 1000; text 64)", low=1)
+    keep_checkpoint: bool = option(
+        False, "keep checkpoint.pt once the run has finished (default: deleted once summary.json "
+        "is written; an unfinished run always keeps its last one)")
 
     def validate(self) -> None:
         if self.epochs is not None and self.iterations is not None:

@@ -147,8 +147,10 @@ def _run_experiment(config: RunConfig, out_dir: str | Path | None, *, progress: 
         diverged.summary = result.summary()
     if run.run_dir:
         run.run_dir.write_summary(result.summary())
+        if diverged is None and not cfg.keep_checkpoint:  # finished, results written
+            (run.run_dir.path / CHECKPOINT).unlink(missing_ok=True)
     if diverged is not None:
-        raise diverged
+        raise diverged  # its last good checkpoint stays
     return result
 
 
@@ -187,7 +189,8 @@ class _TaskRun:
 
     def _restore(self, out: Path) -> None:
         """A resumed run must have the configuration its folder was started with (any version);
-        without a checkpoint (a kill before the first one) it starts again."""
+        without a checkpoint it starts again (a kill before the first one), unless it has
+        finished (summary.json; the checkpoint is dropped then): nothing is left to resume."""
         changed = config_differences(out, self.setup.config, ignore=("lifelong_version",))
         if changed is None:
             raise ConfigError(f"cannot resume {out}: it holds no config.yaml")
@@ -195,6 +198,9 @@ class _TaskRun:
             raise ConfigError(f"cannot resume {out}: its config.yaml differs from this run's in "
                               f"{', '.join(changed)}; start a new folder instead")
         if not (out / CHECKPOINT).is_file():
+            if (out / "summary.json").is_file():
+                raise ConfigError(f"cannot resume {out}: the run has finished (summary.json); "
+                                  "there is nothing to resume")
             self.run_dir = open_run_dir(self.setup, out)
             return
         s = self.setup
@@ -244,7 +250,10 @@ class _TaskRun:
                      f"ACC so far {sum(seen) / len(seen):.3f}")
         self.log(event="task_end", task=task.id, steps=stats.steps, train_seconds=stats.seconds,
                  seconds=done.task_seconds[-1], epoch_losses=stats.epoch_losses)
-        if self.run_dir and self.checkpoint:
+        # after the last task the run is finished but for its summary: a checkpoint that would
+        # be deleted a moment later is not written (a kill in between repeats the last task)
+        last = task.id == s.data.tasks[-1].id
+        if self.run_dir and self.checkpoint and (cfg.keep_checkpoint or not last):
             self._save(self.run_dir, task.id)
 
     def _warn_if_exploding(self, task: int, first_step_loss: float | None,

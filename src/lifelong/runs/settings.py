@@ -15,7 +15,8 @@ from ..scenarios import get_benchmark
 # them is a run setting, not a method's
 RUN_FLAGS = ("benchmark", "scenario", "seed", "epochs", "iterations", "batch_size", "lr",
              "optimizer", "momentum", "weight_decay", "model", "hidden", "dropout", "width",
-             "batch_norm", "head", "eval_batch_size", "device", "data_dir", "diagnostics", "log")
+             "batch_norm", "head", "eval_batch_size", "device", "data_dir", "diagnostics", "log",
+             "keep_checkpoint")
 # flags of `lifelong stream` that are keys of StreamConfig
 STREAM_FLAGS = ("benchmark", "method", "seed", "tasks", "steps", "batch_size", "lr", "optimizer",
                 "momentum", "weight_decay", "hidden", "bin_size", "boundaries", "diagnostics",
