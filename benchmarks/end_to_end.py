@@ -10,7 +10,8 @@ one after the other (interleaved: A B A B ..., so a machine that gets busier slo
              python -m lifelong.cli report TMP (report.html, which `run` writes by default)
     own      this file with --own-loop: the library's user API in a loop a user would write
              (begin_task, mini-batches with prepare_batch / add_penalty, end_task), and the same
-             evaluation of every task after each task (evaluate_tasks)
+             numbers: the untrained model's accuracy on every task (the baseline FWT needs) and
+             the evaluation of every task after each task (evaluate_tasks)
 
 Each figure is the wall time of the whole process (start-up and imports included, for both),
 and its CPU time (user + system, from the process's rusage: one thread, so CPU time is the work
@@ -72,6 +73,7 @@ def own_loop(method: str, tasks: int, iterations: int | None) -> None:
 
     from lifelong.core import Batch, build_method
     from lifelong.models import MLP
+    from lifelong.runs.experiment import baseline_accuracies
     from lifelong.scenarios import get_benchmark
     from lifelong.training.evaluate import evaluate_tasks
     from lifelong.training.lifecycle import begin_task, end_task
@@ -90,6 +92,7 @@ def own_loop(method: str, tasks: int, iterations: int | None) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     method_object = build_method(spec, params).attach(model, optimizer, readout, seed=0)
     shuffle = torch.Generator().manual_seed(0)
+    baseline_accuracies(model, scenario, torch.device("cpu"), 1000)  # for FWT, as the CLI
     rows = []
     for task in scenario.tasks:
         data = task.train_data()

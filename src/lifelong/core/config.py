@@ -23,6 +23,9 @@ from ..errors import ConfigError
 C = TypeVar("C", bound="Config")
 
 
+_HINTS: dict[type, dict[str, Any]] = {}  # Config class -> its resolved type hints
+
+
 def option(
     default: Any,
     help: str,
@@ -62,8 +65,9 @@ class Config:
     removed: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        hints = self._hints()
         for field in dataclasses.fields(self):
-            hint = self._hints()[field.name]
+            hint = hints[field.name]
             value = _coerce(self._owner, field, getattr(self, field.name), hint)
             setattr(self, field.name, value)
             _check_bounds(self._owner, field, value)
@@ -74,7 +78,12 @@ class Config:
 
     @classmethod
     def _hints(cls) -> dict[str, Any]:
-        return typing.get_type_hints(cls)
+        """The resolved type hints of the class's fields, worked out once per class (resolving
+        them evaluates every annotation string)."""
+        hints = _HINTS.get(cls)
+        if hints is None:
+            hints = _HINTS[cls] = typing.get_type_hints(cls)
+        return hints
 
     @classmethod
     def keys(cls) -> list[str]:
