@@ -169,10 +169,10 @@ def main() -> None:
             own.append(timed(own_command(method, args.tasks, iterations)))
         (cli_s, cli_cpu), (own_s, own_cpu) = (
             tuple(statistics.median(run[i] for run in runs) for i in (0, 1)) for runs in (cli, own))
-        report_s = statistics.median(r[0] for r in report) if report else float("nan")
+        report_s = f"{statistics.median(r[0] for r in report):.1f}" if report else "-"
         worst = max(worst, cli_s / own_s)
         print(f"| {method} | {cli_s:.1f} | {own_s:.1f} | {cli_s / own_s:.2f}x | {cli_cpu:.1f} | "
-              f"{own_cpu:.1f} | {cli_cpu / own_cpu:.2f}x | {report_s:.1f} |", flush=True)
+              f"{own_cpu:.1f} | {cli_cpu / own_cpu:.2f}x | {report_s} |", flush=True)
     print(f"\nlargest wall ratio {worst:.2f}x (goal: at most 1.10x)")
 
 

@@ -162,3 +162,31 @@ def test_default_run_folder_of_user_data_is_a_plain_name(tmp_path, monkeypatch) 
     # the folder also names the settings not left to defaults (iterations)
     assert (tmp_path / "runs" / "arrays-mine.npz-task-naive-iterations=2-s0" / "summary.json"
             ).is_file()
+
+
+def test_report_evaluator_equals_evaluate_tasks_and_evaluates_only_what_is_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluator a method's report gets gives evaluate_tasks' accuracies, in task order, but
+    evaluates a task only when it is read (L1's report reads one task of five)."""
+    from helpers import toy_scenario
+
+    from lifelong.training import evaluate as evaluation
+
+    scenario = toy_scenario("task", num_classes=6, classes_per_task=2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(
+        int(torch.tensor(scenario.input_shape).prod()), scenario.num_outputs))
+    device = torch.device("cpu")
+    expected = [a for a, _ in evaluation.evaluate_tasks(model, scenario.readout, scenario, device)]
+    calls = []
+    original = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    lazy = evaluation.TaskAccuracies(model, scenario.readout, scenario, device)
+    assert len(lazy) == len(expected) == 3
+    assert lazy[1] == expected[1] and len(calls) == 1
+    assert lazy[1] == expected[1] and len(calls) == 1  # read once
+    assert list(lazy) == expected and lazy[-1] == expected[-1] and len(calls) == 3
+    assert lazy[0:2] == expected[0:2]
+    with pytest.raises(IndexError):
+        lazy[3]

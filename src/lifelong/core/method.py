@@ -34,7 +34,7 @@ LoRA method adds adapters), `parameters_changed()` re-reads them and the method'
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, NoReturn
 
 import torch
@@ -49,8 +49,9 @@ from .readout import SCENARIOS, Readout
 HOOKS = ("before_task", "training_data", "prepare_batch", "penalty", "transform_grads",
          "after_step", "after_task", "evaluation_task", "report")
 
-# `evaluate(model)` -> accuracy of `model` on the test set of every task, in task order.
-Evaluator = Callable[[nn.Module], list[float]]
+# `evaluate(model)` -> accuracy of `model` on the test set of every task, in task order (a
+# sequence: the run's evaluator evaluates a task when it is read, so read only those needed).
+Evaluator = Callable[[nn.Module], Sequence[float]]
 
 # What a method needs from the scenario; `check_compatible` refuses a run that cannot give it.
 CAPABILITIES = ("needs_task_boundaries", "needs_task_ids_at_test", "scenarios", "stores_data",

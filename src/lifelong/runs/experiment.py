@@ -23,7 +23,7 @@ from ..metrics import summarize
 from ..metrics.diagnostics import diagnose
 from ..scenarios import Scenario, Task
 from ..training.checkpoint import CHECKPOINT, RunProgress, load_checkpoint, save_checkpoint
-from ..training.evaluate import evaluate, evaluate_tasks
+from ..training.evaluate import TaskAccuracies, evaluate, evaluate_tasks
 from ..training.lifecycle import fit_task
 from ..training.lock import claim_folder
 from ..training.progress import Progress
@@ -290,11 +290,11 @@ class _TaskRun:
             kept = f"no task finished before it, so {folder} holds no checkpoint"
         return f"{lr}; {kept}; summary.json marks the run diverged"
 
-    def _accuracies(self, candidate: torch.nn.Module) -> list[float]:
-        """The evaluator a method's report gets: `candidate`'s accuracy on every task."""
+    def _accuracies(self, candidate: torch.nn.Module) -> TaskAccuracies:
+        """The evaluator a method's report gets: `candidate`'s accuracy on every task (each
+        evaluated when the report reads it)."""
         s = self.setup
-        return [accuracy for accuracy, _ in evaluate_tasks(
-            candidate, s.readout, s.data, s.device, self.cfg.eval_batch_size)]
+        return TaskAccuracies(candidate, s.readout, s.data, s.device, self.cfg.eval_batch_size)
 
     def _save(self, run_dir: RunDir, task: int) -> None:
         s, done = self.setup, self.done

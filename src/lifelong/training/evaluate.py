@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,3 +68,26 @@ def evaluate_tasks(model: nn.Module, readout: Readout, scenario: Scenario, devic
         if method is not None:
             method.evaluation_task(None)
     return scores
+
+
+class TaskAccuracies(Sequence[float]):
+    """`model`'s accuracy on every task's test set, in task order, each task evaluated when it
+    is first read: the evaluator a method's report gets (`Evaluator`), which often needs one
+    task's accuracy (L1's ticket on the task just learned), not every task's."""
+
+    def __init__(self, model: nn.Module, readout: Readout, scenario: Scenario,
+                 device: torch.device, batch_size: int = 1000) -> None:
+        self._evaluate = lambda task: evaluate(model, readout, task.test_data(device), batch_size,
+                                               per_token=scenario.per_token)[0]
+        self._tasks, self._read = scenario.tasks, {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        position = range(len(self))[index]  # negative indices; IndexError past the end
+        if position not in self._read:
+            self._read[position] = self._evaluate(self._tasks[position])
+        return self._read[position]
