@@ -12,6 +12,7 @@ import dataclasses
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,10 +291,12 @@ class _TaskRun:
             kept = f"no task finished before it, so {folder} holds no checkpoint"
         return f"{lr}; {kept}; summary.json marks the run diverged"
 
-    def _accuracies(self, candidate: torch.nn.Module) -> TaskAccuracies:
+    def _accuracies(self, candidate: torch.nn.Module) -> Sequence[float]:
         """The evaluator a method's report gets: `candidate`'s accuracy on every task (each
-        evaluated when the report reads it)."""
+        evaluated when the report reads it; the trained model's is the row just measured)."""
         s = self.setup
+        if candidate is s.model and not s.method.uses("evaluation_task"):
+            return self.done.accuracy_matrix[-1]
         return TaskAccuracies(candidate, s.readout, s.data, s.device, self.cfg.eval_batch_size)
 
     def _save(self, run_dir: RunDir, task: int) -> None:
