@@ -23,7 +23,7 @@ from ..metrics import seed_stats
 from ..training.checkpoint import CHECKPOINT
 from ..training.lock import claim_folder
 from ..training.progress import GridProgress
-from ..training.rundir import check_out_dir, write_json
+from ..training.rundir import write_json
 from ..training.watchdog import watch_parent
 from .config import RunConfig, config_differences
 from .experiment import run_experiment
@@ -179,9 +179,8 @@ def run_grid(settings: dict[str, Any], methods: Sequence[str], seeds: Sequence[i
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend must be local or ray, got '{backend}'")
     plan = plan_grid(settings, methods, seeds, set_pairs, grid)
-    check_out_dir(out)  # here, not in each worker: one line however many jobs
     directories = {(v.label, s): str(out / v.folder / f"seed{s}") for v, s, _ in plan}
-    with claim_folder(out):
+    with claim_folder(out):  # checks `out` here, not in each worker: one line for any jobs
         prepare_grid_folder(out, [(directories[(v.label, s)], c) for v, s, c in plan],
                             resume=resume, overwrite=overwrite)
         return _run_plan(plan, directories, out, seeds, jobs=jobs, progress=progress,

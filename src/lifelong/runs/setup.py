@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..integrations.tracking import build_trackers
 from ..scenarios import Scenario, Stream
 from ..training.checkpoint import CHECKPOINT
-from ..training.rundir import RunDir, check_out_dir
+from ..training.rundir import RunDir
 from .config import RunSettings
 
 S = TypeVar("S", bound=RunSettings)
@@ -126,8 +126,8 @@ def prepare(config: S) -> tuple[S, Method]:
 
 def set_up(cfg: RunSettings, method: Method, out_dir: str | Path | None = None) -> Setup:
     """Build what the prepared run `cfg` trains, in the order of the module docstring, and
-    attach `method`; `out_dir` is only checked here (trackers need a folder; it must be a
-    folder this process can write, created if missing)."""
+    attach `method`; `out_dir` is only checked here (trackers need a folder). The caller holds
+    the folder (`lifelong.training.lock.claim_folder`, which also checks it can be written)."""
     if cfg.log and out_dir is None:
         raise ConfigError(f"log={cfg.log} needs the run's folder")
     device = resolve_device(cfg.device)
@@ -140,8 +140,6 @@ def set_up(cfg: RunSettings, method: Method, out_dir: str | Path | None = None) 
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                cfg.weight_decay)
     method.attach(model, optimizer, readout, seed=cfg.seed + METHOD_SEED_OFFSET)
-    if out_dir is not None:  # last, so that an error above leaves no folder behind
-        check_out_dir(out_dir)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     config = {"lifelong_version": __version__, **cfg.to_dict()}
